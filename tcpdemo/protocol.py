@@ -1,0 +1,348 @@
+"""
+The server side of the protocol: dispatch, acks, backpressure, shutdown.
+
+Acks are batched: the frames of one read are all handled before anything is
+written, then every ack they earned goes out in one C{transport.write} in
+the same reactor turn, and the counters move once per read.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any, Callable, Dict, List, Optional
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, FrameReceiver, frame
+from tcpdemo.metrics import ServerMetrics
+from tcpdemo.packet import (
+    CONN,
+    ID_SIZE,
+    RESULT_ERROR,
+    RESULT_OK,
+    SUBMIT,
+    BadLength,
+    Conn,
+    ConnAck,
+    FrameTooLarge,
+    MalformedPacket,
+    ProtocolError,
+    Submit,
+    SubmitAck,
+    UnexpectedCommand,
+    abbreviate,
+    decode,
+    encode,
+)
+
+#: A SubmitAck is the same 14 bytes but for its id: the frame header and
+#: command byte before it, the result byte after it.
+_ACK_HEAD = frame(encode(SubmitAck(b"\0" * ID_SIZE)))[: -ID_SIZE - 1]
+_ACK_OK_TAIL = bytes((RESULT_OK,))
+#: Joining ids with this separator yields back-to-back acks (see L{_acks}).
+_ACK_SEPARATOR = _ACK_OK_TAIL + _ACK_HEAD
+
+DEFAULT_WRITE_BUFFER_LIMIT = 256 * 1024
+
+
+def _acks(ids: List[bytes]) -> bytes:
+    """
+    Encode one successful SubmitAck per id, back to back.
+    """
+    return _ACK_HEAD + _ACK_SEPARATOR.join(ids) + _ACK_OK_TAIL
+
+
+def describePeer(address: Optional[IAddress]) -> str:
+    """
+    A short human form of a peer address for log lines.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    return f"unix:{name!r}" if name is not None else repr(address)
+
+
+class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
+    """
+    One client connection: answers every Submit with a SubmitAck, in order.
+
+    It registers itself as a streaming producer on its transport, so when
+    the unsent acks exceed the factory's write-buffer limit the transport
+    pauses it (and reading stops) until they drain.
+    """
+
+    factory: TcpDemoServerFactory
+    log = Logger()
+
+    _ids: List[bytes]
+    _out: List[bytes]
+    _authenticated = True
+    _closing = False
+
+    def connectionMade(self) -> None:
+        factory = self.factory
+        self.MAX_LENGTH = factory.maxFrameLength
+        self._ids = []
+        self._out = []
+        self._authenticated = factory.authToken is None
+        transport = self.transport
+        # The threshold at which the transport calls pauseProducing.
+        transport.bufferSize = factory.writeBufferLimit
+        transport.registerProducer(self, True)
+        factory.connectionOpened(self)
+        if factory.idleTimeout is not None:
+            self.setTimeout(factory.idleTimeout)
+
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:
+        """
+        Idle timeouts run on the factory's clock (a fake one in tests).
+        """
+        return self.factory.reactor.callLater(period, func)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.setTimeout(None)
+        self.factory.connectionClosed(self)
+
+    # Receiving
+
+    def dataReceived(self, data: bytes) -> None:
+        if data:
+            self.factory.metrics.bytes_received.inc(len(data))
+            if self.timeOut is not None:
+                self.resetTimeout()
+        FrameReceiver.dataReceived(self, data)
+
+    def stringReceived(self, string: bytes) -> None:
+        # The fast path: an authenticated, well-formed Submit is just its id.
+        if string[0] == SUBMIT and len(string) > ID_SIZE and self._authenticated:
+            self._ids.append(string[1 : ID_SIZE + 1])
+        else:
+            self._otherPacket(string)
+
+    def _otherPacket(self, payload: bytes) -> None:
+        """
+        Everything but the fast path: decode fully, then act or refuse.
+        """
+        try:
+            packet = decode(payload)
+            if isinstance(packet, Submit):
+                if not self._authenticated:
+                    raise UnexpectedCommand(
+                        "Submit before an authenticating Conn: " + abbreviate(payload)
+                    )
+                self._ids.append(packet.id)
+            elif isinstance(packet, Conn):
+                self._connReceived(packet)
+            else:
+                raise UnexpectedCommand(
+                    f"{type(packet).__name__} is sent by servers, not to them: "
+                    + abbreviate(payload)
+                )
+        except ProtocolError as error:
+            self.protocolError(error)
+
+    def _connReceived(self, conn: Conn) -> None:
+        token = self.factory.authToken
+        accepted = token is None or hmac.compare_digest(conn.token, token)
+        self._moveIdsToOut()
+        self._out.append(frame(encode(ConnAck(RESULT_OK if accepted else RESULT_ERROR))))
+        if accepted:
+            self._authenticated = True
+        else:
+            self.factory.metrics.protocol_errors.labels("auth_failed").inc()
+            self.log.warn(
+                "closing {peer}: auth_failed: Conn with a wrong token",
+                peer=describePeer(self.transport.getPeer()),
+            )
+            self._close()
+
+    def badLengthReceived(self, length: int) -> None:
+        if length > self.MAX_LENGTH:
+            error: ProtocolError = FrameTooLarge(
+                f"frame length {length} is above the limit of {self.MAX_LENGTH}"
+            )
+        else:
+            error = BadLength(f"frame length {length} is below the minimum of 5")
+        self.protocolError(error)
+
+    def protocolError(self, error: ProtocolError) -> None:
+        """
+        Count and log C{error} once, send the acks owed so far, then close.
+        """
+        self.factory.metrics.protocol_errors.labels(error.reason).inc()
+        self.log.warn(
+            "closing {peer}: {reason}: {error}",
+            peer=describePeer(self.transport.getPeer()),
+            reason=error.reason,
+            error=str(error),
+        )
+        self._close()
+
+    # Sending
+
+    def _moveIdsToOut(self) -> None:
+        ids = self._ids
+        if ids:
+            self._out.append(_acks(ids))
+            metrics = self.factory.metrics
+            metrics.req_recv.inc(len(ids))
+            metrics.rsp_send.inc(len(ids))
+            self._ids = []
+
+    def endOfRead(self) -> None:
+        """
+        Write every ack the latest read earned, in one write.
+        """
+        if self._ids:
+            self._moveIdsToOut()
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self.transport.write(data)
+            self.factory.metrics.bytes_sent.inc(len(data))
+        if self._closing:
+            self.transport.unregisterProducer()
+            self.transport.loseConnection()
+
+    def _close(self) -> None:
+        """
+        Stop reading; once the acks owed so far are written, close.
+        """
+        self._closing = True
+        self.paused = True
+
+    # Flow control: the transport calls these as its buffer fills and drains.
+
+    def pauseProducing(self) -> None:
+        self.factory.metrics.backpressure_pauses.inc()
+        FrameReceiver.pauseProducing(self)
+
+    def resumeProducing(self) -> None:
+        if not self._closing:
+            FrameReceiver.resumeProducing(self)
+
+    def timeoutConnection(self) -> None:
+        self.factory.metrics.idle_timeouts.inc()
+        self.log.info(
+            "closing {peer}: idle for {seconds}s",
+            peer=describePeer(self.transport.getPeer()),
+            seconds=self.timeOut,
+        )
+        self.transport.abortConnection()
+
+    def drain(self) -> None:
+        """
+        For shutdown: stop reading, answer every complete frame already
+        received (even while paused), and close once those acks are written.
+        """
+        self.transport.pauseProducing()
+        self.paused = False
+        self._closing = False
+        # Parse what is buffered, but read no more.
+        FrameReceiver.dataReceived(self, b"")
+        self._closing = True
+        self.paused = True
+        self.endOfRead()
+
+
+@attrs.define(eq=False, slots=False, repr=False)
+class TcpDemoServerFactory(ServerFactory):
+    """
+    Shared configuration, metrics and the set of open connections.
+    """
+
+    metrics: ServerMetrics
+    maxFrameLength: int = DEFAULT_MAX_FRAME_LENGTH
+    maxConnections: Optional[int] = None
+    idleTimeout: Optional[float] = None
+    writeBufferLimit: int = DEFAULT_WRITE_BUFFER_LIMIT
+    authToken: Optional[bytes] = None
+    reactor: Any = attrs.field(default=None)
+    refusalLogInterval: float = 10.0
+
+    protocol = TcpDemoServerProtocol
+    noisy = False
+    log = Logger()
+
+    connections: Dict[TcpDemoServerProtocol, None] = attrs.field(factory=dict, init=False)
+    _closed: Dict[TcpDemoServerProtocol, defer.Deferred[None]] = attrs.field(
+        factory=dict, init=False
+    )
+    _refusedSinceLog: int = attrs.field(default=0, init=False)
+    _lastRefusalLog: Optional[float] = attrs.field(default=None, init=False)
+
+    def buildProtocol(self, addr: IAddress) -> Optional[TcpDemoServerProtocol]:
+        if self.maxConnections is not None and len(self.connections) >= self.maxConnections:
+            self._refused(addr)
+            return None
+        return super().buildProtocol(addr)  # type: ignore[return-value]
+
+    def _refused(self, addr: IAddress) -> None:
+        """
+        Count a refusal; log at most one line per C{refusalLogInterval}.
+        """
+        self.metrics.connections_refused.inc()
+        self._refusedSinceLog += 1
+        now = self._now()
+        last = self._lastRefusalLog
+        if last is None or now - last >= self.refusalLogInterval:
+            self.log.warn(
+                "refused {count} connection(s), latest from {peer}: "
+                "{limit} connections are open (--max-connections)",
+                count=self._refusedSinceLog,
+                peer=describePeer(addr),
+                limit=self.maxConnections,
+            )
+            self._refusedSinceLog = 0
+            self._lastRefusalLog = now
+
+    def __attrs_post_init__(self) -> None:
+        if self.reactor is None:
+            from twisted.internet import reactor
+
+            self.reactor = reactor
+
+    def _now(self) -> float:
+        return float(self.reactor.seconds())
+
+    def connectionOpened(self, protocol: TcpDemoServerProtocol) -> None:
+        self.connections[protocol] = None
+        self.metrics.connections.inc()
+        self.metrics.client_connected.inc()
+
+    def connectionClosed(self, protocol: TcpDemoServerProtocol) -> None:
+        if protocol in self.connections:
+            del self.connections[protocol]
+            self.metrics.client_connected.dec()
+        waiting = self._closed.pop(protocol, None)
+        if waiting is not None:
+            waiting.callback(None)
+
+    def drainAll(self) -> defer.Deferred[None]:
+        """
+        Answer everything already received on every connection, then close
+        them all; fires when the last one has closed.
+        """
+        waits = []
+        for protocol in list(self.connections):
+            d: defer.Deferred[None] = defer.Deferred()
+            self._closed[protocol] = d
+            waits.append(d)
+            protocol.drain()
+        return defer.gatherResults(waits).addCallback(lambda _: None)
+
+    def abortAll(self) -> None:
+        """
+        Close every connection now, written or not.
+        """
+        for protocol in list(self.connections):
+            protocol.transport.abortConnection()

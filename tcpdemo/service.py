@@ -1,0 +1,326 @@
+"""
+The server as a Twisted service: command-line options and C{makeService}.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+from typing import Any, List, Optional
+
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
+from tcpdemo.metrics import ServerMetrics, metricsSite
+from tcpdemo.protocol import DEFAULT_WRITE_BUFFER_LIMIT, TcpDemoServerFactory
+
+DEFAULT_PORT = "tcp:8888"
+DEFAULT_METRICS = "tcp:8889"
+DEFAULT_BACKLOG = 4096
+DEFAULT_GRACE_PERIOD = 10.0
+
+#: Endpoint types whose listen() takes a backlog argument.
+_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
+
+
+def withBacklog(description: str, backlog: int) -> str:
+    """
+    Add C{backlog=} to a tcp, ssl or unix endpoint description that lacks
+    one: Twisted's default of 50 drops bursts of connects.
+    """
+    kind = description.split(":", 1)[0].lower()
+    if kind not in _BACKLOG_TYPES or re.search(r"(^|:)backlog=", description):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
+def _positiveInt(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError(f"must be a positive integer, not {value}")
+    return number
+
+
+def _nonNegativeFloat(value: str) -> float:
+    number = float(value)
+    if number < 0:
+        raise ValueError(f"must be >= 0, not {value}")
+    return number
+
+
+def _frameLength(value: str) -> int:
+    number = int(value)
+    if number < MIN_FRAME_LENGTH or number > 2**31 - 1:
+        raise ValueError(f"must be between {MIN_FRAME_LENGTH} and 2**31-1, not {value}")
+    return number
+
+
+def _endpointOrNone(value: str) -> Optional[str]:
+    return None if value.lower() in ("", "none", "off") else value
+
+
+class Options(usage.Options):
+    """
+    C{twistd tcpdemo} options.  Endpoints are Twisted endpoint strings, so
+    C{ssl:} and C{unix:} listeners need no code of their own.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the tcpdemo Submit/SubmitAck protocol, with Prometheus metrics "
+        "served from the same reactor."
+    )
+
+    optParameters: List[List[Any]] = [
+        ["port", "p", DEFAULT_PORT, "Endpoint to serve the protocol on."],
+        [
+            "metrics",
+            "m",
+            DEFAULT_METRICS,
+            "Endpoint to serve Prometheus /metrics on, or 'none' to disable.",
+            _endpointOrNone,
+        ],
+        [
+            "max-frame-length",
+            None,
+            DEFAULT_MAX_FRAME_LENGTH,
+            "Largest total_length accepted (bytes, counting the 4-byte length "
+            "field); a longer frame closes its connection before its body is read.",
+            _frameLength,
+        ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Refuse connections beyond this many open ones (0: no limit).",
+            int,
+        ],
+        [
+            "idle-timeout",
+            None,
+            0.0,
+            "Close a connection that sends nothing for this many seconds (0: off).",
+            _nonNegativeFloat,
+        ],
+        [
+            "write-buffer-limit",
+            None,
+            DEFAULT_WRITE_BUFFER_LIMIT,
+            "Stop reading from a connection while more than this many bytes of "
+            "its acks are unsent.",
+            _positiveInt,
+        ],
+        [
+            "backlog",
+            None,
+            DEFAULT_BACKLOG,
+            "Listen backlog added to tcp/ssl/unix endpoints that do not set one.",
+            _positiveInt,
+        ],
+        [
+            "grace-period",
+            None,
+            DEFAULT_GRACE_PERIOD,
+            "On stop, seconds to deliver owed acks before closing connections hard.",
+            _nonNegativeFloat,
+        ],
+        [
+            "auth-token-file",
+            None,
+            None,
+            "If set, a connection must first send a Conn carrying this file's "
+            "contents (surrounding whitespace stripped) before any Submit.",
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["max-connections"] < 0:
+            raise usage.UsageError("--max-connections must be >= 0")
+        path = self["auth-token-file"]
+        self["auth-token"] = None
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise usage.UsageError(f"--auth-token-file: {e}") from e
+            if not token:
+                raise usage.UsageError(f"--auth-token-file: {path} is empty")
+            self["auth-token"] = token
+
+
+class ListenerService(Service):
+    """
+    Listen on an endpoint while running; log the real address once.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, description: str, factory: Factory, what: str):
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.what = what
+        self.port: Optional[IListeningPort] = None
+
+    def privilegedStartService(self) -> None:
+        # Listen before privileges are dropped, and fail loudly: twistd must
+        # exit with an error if the address is taken, not run deaf.
+        Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.port is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        endpoint = serverFromString(self.reactor, self.description)
+        outcome: List[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise RuntimeError(f"{self.description}: listen() did not complete at once")
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        self.port = outcome[0]
+        self.log.info(
+            "{what} listening on {address}", what=self.what, address=self.address()
+        )
+
+    def address(self) -> str:
+        assert self.port is not None
+        host = self.port.getHost()
+        if hasattr(host, "port"):
+            return f"{host.type.lower()}:{host.host}:{host.port}"  # type: ignore[attr-defined]
+        return f"unix:{getattr(host, 'name', host)}"
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class TcpDemoService(MultiService):
+    """
+    The protocol listener and, optionally, the metrics listener.  Stopping
+    it stops accepting, delivers the acks owed, then closes connections.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        factory: TcpDemoServerFactory,
+        port: str,
+        metrics: Optional[str],
+        backlog: int = DEFAULT_BACKLOG,
+        gracePeriod: float = DEFAULT_GRACE_PERIOD,
+    ):
+        MultiService.__init__(self)
+        self.reactor = reactor
+        self.factory = factory
+        self.gracePeriod = gracePeriod
+        self.server = ListenerService(
+            reactor, withBacklog(port, backlog), factory, "tcpdemo server"
+        )
+        self.server.setServiceParent(self)
+        self.metricsListener: Optional[ListenerService] = None
+        if metrics is not None:
+            self.metricsListener = ListenerService(
+                reactor,
+                withBacklog(metrics, backlog),
+                metricsSite(factory.metrics.registry),
+                "tcpdemo metrics (/metrics)",
+            )
+            self.metricsListener.setServiceParent(self)
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        # Stop accepting first, then answer what was received, then close.
+        yield self.server.stopService()
+        drained = self.factory.drainAll()
+        timedOut = []
+
+        def tooSlow() -> None:
+            timedOut.append(True)
+            self.factory.abortAll()
+
+        timer = self.reactor.callLater(self.gracePeriod, tooSlow)
+        yield drained
+        if timer.active():
+            timer.cancel()
+        if timedOut:
+            self.log.warn(
+                "grace period of {seconds}s ran out: closed remaining connections hard",
+                seconds=self.gracePeriod,
+            )
+        yield MultiService.stopService(self)
+
+
+def raiseFileLimit() -> int:
+    """
+    Raise the soft open-file limit to the hard one, as Go does, so that the
+    connection count is bounded by --max-connections and not by a default
+    of 1024.  Returns the new soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
+def makeService(
+    options: Options,
+    reactor: Any = None,
+    registry: Optional[CollectorRegistry] = None,
+) -> TcpDemoService:
+    """
+    Build the server from parsed options.  The default registry is
+    prometheus_client's global one, which carries the process collectors.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    if registry is None:
+        registry = REGISTRY
+    raiseFileLimit()
+    metrics = ServerMetrics.create(registry)
+    maxConnections = options["max-connections"] or None
+    Gauge(
+        "tcpdemo_max_connections",
+        "The --max-connections limit (0: none).",
+        registry=registry,
+        multiprocess_mode="max",
+    ).set(maxConnections or 0)
+    idle = options["idle-timeout"] or None
+    factory = TcpDemoServerFactory(
+        metrics=metrics,
+        maxFrameLength=options["max-frame-length"],
+        maxConnections=maxConnections,
+        idleTimeout=idle,
+        writeBufferLimit=options["write-buffer-limit"],
+        authToken=options["auth-token"],
+        reactor=reactor,
+    )
+    return TcpDemoService(
+        reactor,
+        factory,
+        port=options["port"],
+        metrics=options["metrics"],
+        backlog=options["backlog"],
+        gracePeriod=options["grace-period"],
+    )
