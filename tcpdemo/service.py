@@ -89,6 +89,15 @@ class Options(usage.Options):
             _endpointOrNone,
         ],
         [
+            "debug",
+            None,
+            None,
+            "Endpoint for the profiling endpoints (/debug/profile, "
+            "/debug/allocations), e.g. tcp:6060:interface=127.0.0.1. Off by "
+            "default; an address other than loopback is refused.",
+            _endpointOrNone,
+        ],
+        [
             "max-frame-length",
             None,
             DEFAULT_MAX_FRAME_LENGTH,
@@ -144,6 +153,13 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["max-connections"] < 0:
             raise usage.UsageError("--max-connections must be >= 0")
+        if self["debug"] is not None:
+            from tcpdemo.debug import requireLoopback
+
+            try:
+                requireLoopback(self["debug"])
+            except ValueError as e:
+                raise usage.UsageError(f"--debug: {e}") from e
         path = self["auth-token-file"]
         self["auth-token"] = None
         if path is not None:
@@ -226,6 +242,7 @@ class TcpDemoService(MultiService):
         metrics: Optional[str],
         backlog: int = DEFAULT_BACKLOG,
         gracePeriod: float = DEFAULT_GRACE_PERIOD,
+        debug: Optional[str] = None,
     ):
         MultiService.__init__(self)
         self.reactor = reactor
@@ -244,6 +261,14 @@ class TcpDemoService(MultiService):
                 "tcpdemo metrics (/metrics)",
             )
             self.metricsListener.setServiceParent(self)
+        self.debugListener: Optional[ListenerService] = None
+        if debug is not None:
+            from tcpdemo.debug import debugSite
+
+            self.debugListener = ListenerService(
+                reactor, debug, debugSite(reactor), "tcpdemo debug (/debug/)"
+            )
+            self.debugListener.setServiceParent(self)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -323,4 +348,5 @@ def makeService(
         metrics=options["metrics"],
         backlog=options["backlog"],
         gracePeriod=options["grace-period"],
+        debug=options["debug"],
     )
