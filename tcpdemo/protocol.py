@@ -13,11 +13,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHalfCloseableProtocol
 from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
@@ -70,6 +71,7 @@ def describePeer(address: Optional[IAddress]) -> str:
     return f"unix:{name!r}" if name is not None else repr(address)
 
 
+@implementer(IHalfCloseableProtocol)
 class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     """
     One client connection: answers every Submit with a SubmitAck, in order.
@@ -77,6 +79,9 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     It registers itself as a streaming producer on its transport, so when
     the unsent acks exceed the factory's write-buffer limit the transport
     pauses it (and reading stops) until they drain.
+
+    It is half-closeable: a client that shuts down its sending side after
+    its last Submit still gets every ack before the server closes.
     """
 
     factory: TcpDemoServerFactory
@@ -86,6 +91,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     _out: List[bytes]
     _authenticated = True
     _closing = False
+    _closed = False
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -114,6 +120,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     # Receiving
 
     def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
         if data:
             self.factory.metrics.bytes_received.inc(len(data))
             if self.timeOut is not None:
@@ -209,7 +217,9 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             self._out = []
             self.transport.write(data)
             self.factory.metrics.bytes_sent.inc(len(data))
-        if self._closing:
+        if self._closing and not self._closed:
+            # A registered producer would keep the connection open forever.
+            self._closed = True
             self.transport.unregisterProducer()
             self.transport.loseConnection()
 
@@ -230,6 +240,16 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         if not self._closing:
             FrameReceiver.resumeProducing(self)
 
+    def readConnectionLost(self) -> None:
+        """
+        The client will send no more: answer what it sent, then close.
+        """
+        self._close()
+        self.endOfRead()
+
+    def writeConnectionLost(self) -> None:
+        self.transport.abortConnection()
+
     def timeoutConnection(self) -> None:
         self.factory.metrics.idle_timeouts.inc()
         self.log.info(
@@ -244,13 +264,12 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         For shutdown: stop reading, answer every complete frame already
         received (even while paused), and close once those acks are written.
         """
+        if self._closing:
+            return
         self.transport.pauseProducing()
         self.paused = False
-        self._closing = False
-        # Parse what is buffered, but read no more.
         FrameReceiver.dataReceived(self, b"")
-        self._closing = True
-        self.paused = True
+        self._close()
         self.endOfRead()
 
 

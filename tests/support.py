@@ -1,0 +1,222 @@
+"""
+Helpers shared by the tests: free loopback ports, a real C{twistd -n tcpdemo}
+subprocess, and a blocking socket client that speaks the wire format.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Dict, List, Optional, Sequence
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tcpdemo.frame import frame
+from tcpdemo.packet import Submit, SubmitAck, encode
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOOPBACK = "127.0.0.1"
+
+
+def freePort() -> int:
+    """
+    A TCP port on loopback that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def submitFrame(number: int, payload: bytes = b"") -> bytes:
+    """
+    A framed Submit with the reference's id format, C{%08d}.
+    """
+    return frame(encode(Submit(b"%08d" % number, payload)))
+
+
+def ackFrame(number: int, result: int = 0) -> bytes:
+    """
+    The framed SubmitAck the server owes for L{submitFrame}C{(number)}.
+    """
+    return frame(encode(SubmitAck(b"%08d" % number, result)))
+
+
+def subprocessEnv() -> Dict[str, str]:
+    """
+    The environment for child processes: this checkout first on the path, so
+    that they run the code under test and find its twistd plugin.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    return env
+
+
+def twistdCommand() -> List[str]:
+    """
+    The real twistd of this interpreter.
+    """
+    script = os.path.join(os.path.dirname(sys.executable), "twistd")
+    if os.path.exists(script):
+        return [sys.executable, script]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+
+
+class TwistdServer:
+    """
+    C{twistd -n tcpdemo} in a subprocess, on free loopback ports.
+    """
+
+    def __init__(self, workdir: str, extraArgs: Sequence[str] = (), metrics: bool = True):
+        self.port = freePort()
+        self.metricsPort = freePort() if metrics else None
+        self.logPath = os.path.join(workdir, "twistd.log")
+        args = twistdCommand() + [
+            "-n",
+            "--pidfile=",
+            "--logfile",
+            self.logPath,
+            "tcpdemo",
+            "--port",
+            f"tcp:{self.port}:interface={LOOPBACK}",
+            "--metrics",
+            f"tcp:{self.metricsPort}:interface={LOOPBACK}" if metrics else "none",
+            *extraArgs,
+        ]
+        self.process = subprocess.Popen(
+            args,
+            cwd=workdir,
+            env=subprocessEnv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.waitForLog(r"tcpdemo server listening on")
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        try:
+            with open(self.logPath, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def waitForLog(self, pattern: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log()
+            if re.search(pattern, text):
+                return text
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        stderr = self.stopAndReadStderr()
+        raise AssertionError(
+            f"twistd never logged {pattern!r}; log:\n{self.log()}\nstderr:\n{stderr}"
+        )
+
+    def connect(self, timeout: float = 10.0) -> socket.socket:
+        sock = socket.create_connection((LOOPBACK, self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def scrape(self) -> Dict[str, float]:
+        """
+        Every sample of /metrics, parsed by prometheus_client's own parser,
+        keyed by name and labels (C{name{label="value"}}).
+        """
+        assert self.metricsPort is not None
+        url = f"http://{LOOPBACK}:{self.metricsPort}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        samples: Dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                key = f"{sample.name}{{{labels}}}" if labels else sample.name
+                samples[key] = sample.value
+        return samples
+
+    def rssBytes(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """
+        SIGTERM, as twistd's normal stop; return the exit status.
+        """
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stopAndReadStderr(self) -> str:
+        if self.process.poll() is None:
+            self.process.kill()
+        _, stderr = self.process.communicate(timeout=10)
+        return stderr.decode(errors="replace") if stderr else ""
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate(timeout=10)
+
+
+def recvExactly(sock: socket.socket, size: int) -> bytes:
+    """
+    Read exactly C{size} bytes, or fail on EOF.
+    """
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = sock.recv(min(remaining, 1 << 20))
+        if not chunk:
+            raise AssertionError(f"EOF with {remaining} of {size} bytes still to read")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def recvUntilClosed(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """
+    Read until the peer closes (or resets) the connection.
+    """
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def waitFor(condition, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def metric(samples: Dict[str, float], name: str, default: Optional[float] = None) -> float:
+    if name in samples:
+        return samples[name]
+    if default is not None:
+        return default
+    raise AssertionError(f"{name} not in /metrics: {sorted(samples)}")
