@@ -1,0 +1,1083 @@
+"""
+Tests for C{monitor/}: the compose stack's files, the Grafana provisioning
+and dashboard, promtool's checks of the Prometheus config and alert rules,
+and a real Prometheus scraping a real server under load from
+C{tcpdemo.client}, queried for every expression of every dashboard panel.
+
+The Prometheus binaries come from Debian's C{prometheus} package (installed
+by C{.ci/run}).  When C{prometheus} or C{promtool} is missing these tests
+fail, never skip: a dashboard nobody checked is what they are here to stop.
+
+YAML files are read by L{loadYaml}, a parser for the small subset of YAML
+that C{monitor/} uses, so that no YAML library is needed; where PyYAML
+happens to be importable, a test checks that both agree on every file.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
+
+from twisted.trial import unittest
+
+from tests.support import LOOPBACK, REPO_ROOT, TwistdServer, freePort, subprocessEnv
+
+MONITOR = os.path.join(REPO_ROOT, "monitor")
+DASHBOARD = os.path.join(MONITOR, "grafana", "dashboards", "tcpdemo.json")
+
+INSTALL_HINT = (
+    "not found on PATH: install Debian's prometheus package "
+    "(apt-get install prometheus), which ships both prometheus and promtool"
+)
+
+#: The seed article's three panels, with its expressions (metric names
+#: renamed to tcpdemo's).
+SEED_PANELS = {
+    "req_recv_rate": "rate(tcpdemo_req_recv_total[15s])",
+    "rsp_send_rate": "rate(tcpdemo_rsp_send_total[15s])",
+    "client_connected": "tcpdemo_client_connected",
+}
+
+#: Panels every one of whose queries must be above zero while the load
+#: client runs.  (Protocol errors, refusals, idle timeouts and backpressure
+#: pauses are rightly zero under well-behaved load.)
+POSITIVE_UNDER_LOAD = frozenset(
+    {
+        "req_recv_rate",
+        "rsp_send_rate",
+        "client_connected",
+        "Bytes received / sent",
+        "Process CPU",
+        "Process RSS",
+        "Open file descriptors",
+    }
+)
+
+#: Metrics the dashboard must show, beyond the seed's.
+REQUIRED_METRICS = (
+    "tcpdemo_protocol_errors_total",
+    "tcpdemo_bytes_received_total",
+    "tcpdemo_bytes_sent_total",
+    "tcpdemo_backpressure_pauses_total",
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+)
+
+#: Grafana variables a panel expression may use, and what the test puts in
+#: their place.  tcpdemo.json uses none; anything else starting with C{$}
+#: is reported as a problem.
+GRAFANA_VARIABLES = {"$__rate_interval": "15s", "$__interval": "5s"}
+
+#: Scrape and rule-evaluation interval of the test's Prometheus (5 s in
+#: monitor/prometheus.yml): short, so that a few seconds of load give the
+#: 15 s rate windows several samples.
+TEST_INTERVAL = "1s"
+
+#: Load client run time, seconds.
+LOAD_SECONDS = 8
+
+
+# --- A parser for the subset of YAML that monitor/ uses ---------------------
+
+
+class YamlSubsetError(ValueError):
+    """
+    The text uses YAML this parser does not support (or is not YAML).
+    """
+
+
+_KEY = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.\-/]*):(?:[ ]+(.*))?$")
+_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
+_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
+_BOOLS = {
+    "true": True, "True": True, "TRUE": True, "yes": True, "Yes": True, "on": True,
+    "false": False, "False": False, "FALSE": False, "no": False, "No": False, "off": False,
+}  # fmt: skip
+
+
+def _stripComment(text: str) -> str:
+    """
+    C{text} without a trailing C{# comment} outside quotes.
+    """
+    quote: str | None = None
+    for i, char in enumerate(text):
+        if quote:
+            if char == quote:
+                quote = None
+        elif char in "'\"" and (i == 0 or text[i - 1] in " [,:"):
+            quote = char
+        elif char == "#" and (i == 0 or text[i - 1] == " "):
+            return text[:i].rstrip()
+    return text.rstrip()
+
+
+def _scalar(text: str) -> Any:
+    """
+    A flow scalar, or a flow sequence of them.
+    """
+    if text.startswith('"'):
+        if not text.endswith('"') or len(text) < 2:
+            raise YamlSubsetError(f"unterminated string: {text}")
+        return json.loads(text)
+    if text.startswith("'"):
+        if not text.endswith("'") or len(text) < 2:
+            raise YamlSubsetError(f"unterminated string: {text}")
+        return text[1:-1].replace("''", "'")
+    if text.startswith("["):
+        if not text.endswith("]"):
+            raise YamlSubsetError(f"unsupported flow sequence: {text}")
+        inner = text[1:-1].strip()
+        if not inner:
+            return []
+        items = re.findall(r'\s*("(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|[^,"\']+)\s*(?:,|$)', inner)
+        if ",".join(items).replace(" ", "") != inner.replace(" ", ""):
+            raise YamlSubsetError(f"unsupported flow sequence: {text}")
+        return [_scalar(item.strip()) for item in items]
+    if text[0] in "{&*!|>%@`" or text.startswith("- ") or ": " in text:
+        raise YamlSubsetError(f"unsupported scalar: {text}")
+    if text in ("~", "null", "Null", "NULL"):
+        return None
+    if text in _BOOLS:
+        return _BOOLS[text]
+    if _INT.match(text):
+        return int(text)
+    if _FLOAT.match(text):
+        return float(text)
+    return text
+
+
+class _YamlSubsetParser:
+    """
+    Block mappings and sequences, plain and quoted scalars, flow sequences of
+    scalars, and C{>}/C{|} block scalars (with C{-} chomping or none).
+    Anchors, tags, flow mappings and multiple documents raise
+    L{YamlSubsetError} rather than being misread.
+    """
+
+    def __init__(self, text: str):
+        if "\t" in text:
+            raise YamlSubsetError("tabs are not supported")
+        self.raw = text.splitlines()
+        # (line number, indent, content) of every line that is not blank or
+        # a comment; a sequence item "- x" is later split into two entries.
+        self.lines: list[tuple[int, int, str]] = []
+        for number, line in enumerate(self.raw):
+            content = line.strip()
+            if not content or content.startswith("#"):
+                continue
+            if content in ("---", "..."):
+                raise YamlSubsetError("multiple documents are not supported")
+            self.lines.append((number, len(line) - len(line.lstrip(" ")), content))
+        self.i = 0
+
+    def parse(self) -> Any:
+        if not self.lines:
+            return None
+        value = self.block(self.lines[0][1])
+        if self.i != len(self.lines):
+            number, _, content = self.lines[self.i]
+            raise YamlSubsetError(f"line {number + 1}: unexpected {content!r}")
+        return value
+
+    def block(self, indent: int) -> Any:
+        number, lineIndent, content = self.lines[self.i]
+        if lineIndent != indent:
+            raise YamlSubsetError(f"line {number + 1}: bad indentation")
+        if content == "-" or content.startswith("- "):
+            return self.sequence(indent)
+        return self.mapping(indent)
+
+    def sequence(self, indent: int) -> list[Any]:
+        items: list[Any] = []
+        while self.i < len(self.lines):
+            number, lineIndent, content = self.lines[self.i]
+            if lineIndent < indent:
+                break
+            if lineIndent > indent or not (content == "-" or content.startswith("- ")):
+                if lineIndent == indent:
+                    break
+                raise YamlSubsetError(f"line {number + 1}: bad indentation")
+            rest = _stripComment(content[1:]).lstrip(" ")
+            if not rest:
+                self.i += 1
+                items.append(self.nested(indent, number))
+            elif _KEY.match(rest) or rest.startswith("- "):
+                # "- key: value" opens a mapping (or "- - x" a sequence)
+                # whose first entry sits after the dash.
+                itemIndent = lineIndent + (len(content) - len(content[1:].lstrip(" ")))
+                self.lines[self.i] = (number, itemIndent, content[1:].lstrip(" "))
+                items.append(self.block(itemIndent))
+            else:
+                self.i += 1
+                items.append(self.value(rest, indent, number))
+        return items
+
+    def mapping(self, indent: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        while self.i < len(self.lines):
+            number, lineIndent, content = self.lines[self.i]
+            if lineIndent < indent:
+                break
+            if lineIndent > indent:
+                raise YamlSubsetError(f"line {number + 1}: bad indentation")
+            if content == "-" or content.startswith("- "):
+                break
+            match = _KEY.match(_stripComment(content))
+            if match is None:
+                raise YamlSubsetError(f"line {number + 1}: not a 'key: value' line: {content!r}")
+            key, rest = match.group(1), match.group(2)
+            if key in result:
+                raise YamlSubsetError(f"line {number + 1}: duplicate key {key!r}")
+            self.i += 1
+            if rest:
+                result[key] = self.value(rest, indent, number)
+            else:
+                result[key] = self.nested(indent, number, sequenceMayAlign=True)
+        return result
+
+    def nested(self, indent: int, number: int, sequenceMayAlign: bool = False) -> Any:
+        """
+        The block value of the entry on line C{number}: more indented lines,
+        or (for a mapping key) a sequence at the key's own indentation.
+        """
+        if self.i >= len(self.lines):
+            return None
+        _, nextIndent, nextContent = self.lines[self.i]
+        isItem = nextContent == "-" or nextContent.startswith("- ")
+        if nextIndent > indent or (sequenceMayAlign and nextIndent == indent and isItem):
+            return self.block(nextIndent)
+        return None
+
+    def value(self, text: str, indent: int, number: int) -> Any:
+        if re.match(r"^[>|][-]?$", text):
+            return self.blockScalar(text, indent, number)
+        return _scalar(text)
+
+    def blockScalar(self, header: str, indent: int, number: int) -> str:
+        """
+        A C{>} (folded) or C{|} (literal) block scalar: the raw lines after
+        line C{number} that are indented deeper than C{indent}.
+        """
+        body: list[str] = []
+        end = number + 1
+        while end < len(self.raw):
+            line = self.raw[end]
+            if line.strip() and len(line) - len(line.lstrip(" ")) <= indent:
+                break
+            body.append(line)
+            end += 1
+        while body and not body[-1].strip():
+            body.pop()
+        if not body:
+            raise YamlSubsetError(f"line {number + 1}: empty block scalar")
+        margin = len(body[0]) - len(body[0].lstrip(" "))
+        texts = []
+        for line in body:
+            if not line.strip() or len(line) - len(line.lstrip(" ")) != margin:
+                raise YamlSubsetError(
+                    f"line {number + 1}: blank or more-indented lines in a block scalar"
+                )
+            texts.append(line[margin:])
+        while self.i < len(self.lines) and self.lines[self.i][0] < end:
+            self.i += 1
+        text = (" " if header[0] == ">" else "\n").join(texts)
+        return text if header.endswith("-") else text + "\n"
+
+
+def loadYaml(text: str) -> Any:
+    """
+    Parse C{text}, written in the subset of YAML that L{_YamlSubsetParser}
+    describes.
+    """
+    return _YamlSubsetParser(text).parse()
+
+
+def loadYamlFile(*path: str) -> Any:
+    with open(os.path.join(MONITOR, *path), encoding="utf-8") as f:
+        return loadYaml(f.read())
+
+
+# --- Dashboards --------------------------------------------------------------
+
+
+def loadDashboard(path: str = DASHBOARD) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        dashboard: dict[str, Any] = json.load(f)
+    return dashboard
+
+
+def iterPanels(panels: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """
+    Every panel, depth first, including those nested in (collapsed) rows.
+    """
+    for panel in panels:
+        yield panel
+        yield from iterPanels(panel.get("panels", []))
+
+
+def dashboardQueries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """
+    C{(panel title, expression)} for every query target of every panel.
+    """
+    queries = []
+    for panel in iterPanels(dashboard.get("panels", [])):
+        for target in panel.get("targets", []):
+            expr = target.get("expr", "").strip()
+            if expr:
+                queries.append((panel.get("title", ""), expr))
+    return queries
+
+
+def substituteVariables(expr: str) -> str:
+    for name, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(name, value)
+    return expr
+
+
+QueryFunction = Callable[[str, float], dict[str, Any]]
+
+
+def checkQueries(
+    query: QueryFunction,
+    queries: Sequence[tuple[str, str]],
+    at: float,
+    positive: set[str] | frozenset[str] = frozenset(),
+) -> list[str]:
+    """
+    Evaluate every C{(panel title, expression)} at time C{at} with C{query}
+    (which returns Prometheus's C{/api/v1/query} JSON) and return the
+    problems found: a failed query, no data at all, or, for a panel named in
+    C{positive}, no value above zero.  An empty list means the dashboard
+    would show data for every query.
+    """
+    problems = []
+    for title, expr in queries:
+        where = f"panel {title!r}, expr {expr!r}"
+        concrete = substituteVariables(expr)
+        if "$" in concrete:
+            problems.append(f"{where}: uses a Grafana variable the test cannot substitute")
+            continue
+        try:
+            response = query(concrete, at)
+        except Exception as e:
+            problems.append(f"{where}: query failed: {e}")
+            continue
+        if response.get("status") != "success":
+            problems.append(f"{where}: query failed: {response}")
+            continue
+        data = response.get("data", {})
+        result = data.get("result")
+        if data.get("resultType") == "scalar":
+            values = [float(result[1])] if result else []
+        elif data.get("resultType") == "vector":
+            values = [float(sample["value"][1]) for sample in result or []]
+        else:
+            problems.append(f"{where}: unexpected result type {data.get('resultType')!r}")
+            continue
+        if not values:
+            problems.append(f"{where}: no data")
+        elif title in positive and not any(v > 0 for v in values):
+            problems.append(f"{where}: no value above zero under load: {values}")
+    return problems
+
+
+# --- Prometheus --------------------------------------------------------------
+
+
+def requireBinary(testCase: unittest.TestCase, name: str) -> str:
+    """
+    The path of C{name}, or fail (never skip) the test.
+    """
+    path = shutil.which(name) or (
+        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
+    )
+    if path is None:
+        testCase.fail(f"{name} {INSTALL_HINT}")
+    return path
+
+
+def testPrometheusConfig(
+    source: dict[str, Any], prometheusAddress: str, tcpdemoAddress: str
+) -> tuple[dict[str, Any], list[str]]:
+    """
+    The test's Prometheus config, made from C{monitor/prometheus.yml}'s
+    parsed C{source}: the same jobs and scrape settings, but
+
+      - scrape and evaluation intervals of L{TEST_INTERVAL};
+      - rule files by absolute path (the copy lives in a temporary directory);
+      - the C{prometheus} and C{tcpdemo} jobs' targets moved to the given
+        loopback addresses;
+      - the C{node} job dropped: there is no node-exporter in the test (and
+        the dashboard uses no node metrics).
+
+    Returns the config and the names of the jobs dropped.  A job it does not
+    know raises, so a new job in prometheus.yml is a decision for this test.
+    """
+    config = copy.deepcopy(source)
+    config.setdefault("global", {})
+    config["global"]["scrape_interval"] = TEST_INTERVAL
+    config["global"]["evaluation_interval"] = TEST_INTERVAL
+    if "scrape_timeout" in config["global"]:
+        config["global"]["scrape_timeout"] = TEST_INTERVAL
+    config["rule_files"] = [os.path.join(MONITOR, path) for path in config.get("rule_files") or []]
+    targets = {"prometheus": prometheusAddress, "tcpdemo": tcpdemoAddress}
+    jobs = []
+    dropped = []
+    for job in config["scrape_configs"]:
+        name = job["job_name"]
+        if name == "node":
+            dropped.append(name)
+            continue
+        if name not in targets:
+            raise ValueError(f"prometheus.yml has a job this test does not know: {name}")
+        for key in ("scrape_interval", "scrape_timeout"):
+            if key in job:
+                job[key] = TEST_INTERVAL
+        job["static_configs"] = [{"targets": [targets[name]]}]
+        jobs.append(job)
+    config["scrape_configs"] = jobs
+    return config, dropped
+
+
+def httpJson(url: str, timeout: float = 5.0) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            result: dict[str, Any] = json.load(response)
+    except urllib.error.HTTPError as e:
+        # Prometheus answers bad queries with 400 and a JSON error body.
+        result = json.load(e)
+    return result
+
+
+def httpOk(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+class LiveStack:
+    """
+    A real C{twistd tcpdemo} and a real Prometheus scraping it, configured
+    from C{monitor/prometheus.yml}, in C{workdir}.  Stopped by the test's
+    cleanups.
+    """
+
+    def __init__(self, testCase: unittest.TestCase, workdir: str):
+        self.testCase = testCase
+        self.workdir = workdir
+        prometheus = requireBinary(testCase, "prometheus")
+        self.server = TwistdServer(workdir)
+        testCase.addCleanup(self.stopServer)
+        self.promPort = freePort()
+        self.base = f"http://{LOOPBACK}:{self.promPort}"
+        config, _ = testPrometheusConfig(
+            loadYamlFile("prometheus.yml"),
+            f"{LOOPBACK}:{self.promPort}",
+            f"{LOOPBACK}:{self.server.metricsPort}",
+        )
+        self.configPath = os.path.join(workdir, "prometheus.yml")
+        with open(self.configPath, "w", encoding="utf-8") as f:
+            # JSON is YAML: Prometheus reads it as it is.
+            json.dump(config, f, indent=2)
+        self.promLog = os.path.join(workdir, "prometheus.log")
+        with open(self.promLog, "wb") as log:
+            self.prometheus = subprocess.Popen(
+                [
+                    prometheus,
+                    f"--config.file={self.configPath}",
+                    f"--storage.tsdb.path={os.path.join(workdir, 'tsdb')}",
+                    f"--web.listen-address={LOOPBACK}:{self.promPort}",
+                ],
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        testCase.addCleanup(self.stopPrometheus)
+        self.waitFor(lambda: httpOk(f"{self.base}/-/ready"), 20, "Prometheus to be ready")
+        self.waitFor(self.tcpdemoScraped, 20, "Prometheus to scrape tcpdemo twice")
+
+    def stopServer(self) -> None:
+        if self.server.process.poll() is None:
+            try:
+                self.server.terminate(timeout=15)
+            except subprocess.TimeoutExpired:
+                pass
+        self.server.kill()
+
+    def stopPrometheus(self) -> None:
+        if self.prometheus.poll() is None:
+            self.prometheus.terminate()
+            try:
+                self.prometheus.wait(10)
+            except subprocess.TimeoutExpired:
+                self.prometheus.kill()
+                self.prometheus.wait(10)
+
+    def diagnostics(self) -> str:
+        return (
+            f"\n--- prometheus log ---\n{tail(self.promLog)}"
+            f"\n--- twistd log ---\n{tail(self.server.logPath)}"
+        )
+
+    def waitFor(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.prometheus.poll() is not None:
+                break
+            if condition():
+                return
+            time.sleep(0.2)
+        self.testCase.fail(f"timed out waiting for {what}{self.diagnostics()}")
+
+    def query(self, expr: str, at: float | None = None) -> dict[str, Any]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return httpJson(f"{self.base}/api/v1/query?{urllib.parse.urlencode(params)}")
+
+    def queryRange(self, expr: str, start: float, end: float, step: float) -> dict[str, Any]:
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": str(step)}
+        return httpJson(f"{self.base}/api/v1/query_range?{urllib.parse.urlencode(params)}")
+
+    def tcpdemoScraped(self) -> bool:
+        """
+        Whether the tcpdemo target is up and has at least two samples in
+        the last 15 s, enough for C{rate(...[15s])}.
+        """
+        response = self.query('count_over_time(up{job="tcpdemo"}[15s]) >= 2')
+        up = self.query('up{job="tcpdemo"} == 1')
+        return bool(response.get("data", {}).get("result")) and bool(
+            up.get("data", {}).get("result")
+        )
+
+    def rules(self) -> list[dict[str, Any]]:
+        response = httpJson(f"{self.base}/api/v1/rules")
+        return [rule for group in response["data"]["groups"] for rule in group["rules"]]
+
+
+# --- Tests -------------------------------------------------------------------
+
+
+class YamlSubsetTests(unittest.TestCase):
+    """
+    L{loadYaml} reads what monitor/ needs, and refuses what it cannot read.
+    """
+
+    def test_blockStructures(self) -> None:
+        text = (
+            "# comment\n"
+            "a: 1\n"
+            "b:\n"
+            "  - x  # trailing comment\n"
+            "  - 'it''s'\n"
+            '  - "q: #1"\n'
+            "c:\n"
+            "- k: v\n"
+            '  l: [a, "b"]\n'
+            "- /:/host:ro\n"
+            "d:\n"
+            "  e: true\n"
+            "  f:\n"
+            "  g: >-\n"
+            "    folded\n"
+            "    text\n"
+            "  h: |\n"
+            "    literal\n"
+            "    text\n"
+            "i: 5s\n"
+        )
+        self.assertEqual(
+            loadYaml(text),
+            {
+                "a": 1,
+                "b": ["x", "it's", "q: #1"],
+                "c": [{"k": "v", "l": ["a", "b"]}, "/:/host:ro"],
+                "d": {"e": True, "f": None, "g": "folded text", "h": "literal\ntext\n"},
+                "i": "5s",
+            },
+        )
+
+    def test_refusesUnsupported(self) -> None:
+        for text in (
+            "a: &anchor 1\n",
+            "a: {b: 1}\n",
+            "a: 1\n---\nb: 2\n",
+            "a:\n\tb: 1\n",
+            "a: 1\na: 2\n",
+            "a:\n    b: 1\n  c: 2\n",
+            "just text\n",
+        ):
+            self.assertRaises(YamlSubsetError, loadYaml, text)
+
+    def test_agreesWithPyYAML(self) -> None:
+        """
+        Where PyYAML is importable, it reads every YAML file in monitor/
+        exactly as L{loadYaml} does.
+        """
+        try:
+            import yaml  # type: ignore[import-untyped]
+        except ImportError:
+            raise unittest.SkipTest("PyYAML is not installed (not a dependency)") from None
+        checked = 0
+        for directory, _, files in os.walk(MONITOR):
+            for name in files:
+                if name.endswith((".yml", ".yaml")):
+                    with open(os.path.join(directory, name), encoding="utf-8") as f:
+                        text = f.read()
+                    self.assertEqual(loadYaml(text), yaml.safe_load(text), name)
+                    checked += 1
+        self.assertGreaterEqual(checked, 6)
+
+
+class ComposeTests(unittest.TestCase):
+    """
+    The docker-compose stack, checked by structure: Docker cannot run here.
+    """
+
+    def setUp(self) -> None:
+        self.compose = loadYamlFile("docker-compose.yml")
+        self.services = self.compose["services"]
+
+    def test_services(self) -> None:
+        self.assertEqual(set(self.services), {"tcpdemo", "prometheus", "grafana", "node-exporter"})
+
+    def test_officialImagesPinned(self) -> None:
+        expected = {
+            "prometheus": "prom/prometheus",
+            "grafana": "grafana/grafana",
+            "node-exporter": "prom/node-exporter",
+        }
+        for service, repository in expected.items():
+            image = self.services[service]["image"]
+            name, _, tag = image.partition(":")
+            self.assertEqual(name, repository)
+            self.assertRegex(tag, r"^v?\d+\.\d+\.\d+$", f"{service} image must be pinned")
+
+    def test_tcpdemoBuild(self) -> None:
+        """
+        tcpdemo is built from the repository root by monitor/Dockerfile,
+        which runs the server in the foreground.
+        """
+        build = self.services["tcpdemo"]["build"]
+        self.assertEqual(build["context"], "..")
+        context = os.path.normpath(os.path.join(MONITOR, build["context"]))
+        self.assertEqual(context, os.path.normpath(REPO_ROOT))
+        dockerfile = os.path.join(context, build["dockerfile"])
+        self.assertEqual(os.path.normpath(dockerfile), os.path.join(MONITOR, "Dockerfile"))
+        with open(dockerfile, encoding="utf-8") as f:
+            text = f.read()
+        self.assertRegex(text, r"(?m)^FROM python:3\.\d+-slim-\w+$")
+        cmd = re.search(r"(?m)^CMD (\[.*\])$", text)
+        assert cmd is not None
+        argv = json.loads(cmd.group(1))
+        self.assertEqual(argv[:4], ["twistd", "-n", "--pidfile=", "tcpdemo"])
+        self.assertIn("tcp:8889", argv)
+        self.assertRegex(text, r"(?m)^EXPOSE 8888 8889$")
+
+    def test_buildContextKeepsThePackage(self) -> None:
+        """
+        monitor/Dockerfile.dockerignore does not leave out what
+        C{pip install .} needs.
+        """
+        with open(os.path.join(MONITOR, "Dockerfile.dockerignore"), encoding="utf-8") as f:
+            patterns = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        needed = ["pyproject.toml", "setup.cfg", "tcpdemo/__init__.py", "tcpdemo/service.py",
+                  "twisted/plugins/tcpdemo_plugin.py"]  # fmt: skip
+        for path in needed:
+            self.assertTrue(os.path.exists(os.path.join(REPO_ROOT, path)), path)
+            parts = path.split("/")
+            prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+            for pattern in patterns:
+                for prefix in prefixes:
+                    self.assertFalse(
+                        fnmatch.fnmatchcase(prefix, pattern.lstrip("/")),
+                        f"{pattern} excludes {path}",
+                    )
+
+    def test_hostNetwork(self) -> None:
+        """
+        Every service shares the host's network, as in the seed article, so
+        the localhost targets of prometheus.yml and the datasource URL hold.
+        """
+        for name, service in self.services.items():
+            self.assertEqual(service.get("network_mode"), "host", name)
+            self.assertNotIn("ports", service, f"{name}: ports mean nothing on the host network")
+
+    def bindMounts(self, service: str) -> dict[str, str]:
+        """
+        Container path -> host path of a service's bind mounts, checking
+        that each host path in monitor/ exists.
+        """
+        mounts = {}
+        for volume in self.services[service].get("volumes", []):
+            host, container = volume.split(":")[:2]
+            if host.startswith("./"):
+                self.assertTrue(os.path.exists(os.path.join(MONITOR, host)), volume)
+            mounts[container] = host
+        return mounts
+
+    def test_prometheusMounts(self) -> None:
+        mounts = self.bindMounts("prometheus")
+        command = self.services["prometheus"]["command"]
+        self.assertIn("--config.file=/etc/prometheus/prometheus.yml", command)
+        self.assertEqual(mounts["/etc/prometheus/prometheus.yml"], "./prometheus.yml")
+        # rule_files are relative to the config file, in the container too.
+        for rules in loadYamlFile("prometheus.yml")["rule_files"]:
+            self.assertEqual(mounts[f"/etc/prometheus/{rules}"], f"./{rules}")
+
+    def test_grafanaMounts(self) -> None:
+        """
+        Grafana gets the provisioning directory, and the dashboards where the
+        dashboard provider looks for them.
+        """
+        mounts = self.bindMounts("grafana")
+        self.assertEqual(mounts["/etc/grafana/provisioning"], "./grafana/provisioning")
+        provider = loadYamlFile("grafana", "provisioning", "dashboards", "tcpdemo.yml")
+        path = provider["providers"][0]["options"]["path"]
+        self.assertEqual(mounts[path], "./grafana/dashboards")
+        home = self.services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        self.assertEqual(home, f"{path}/tcpdemo.json")
+
+    def test_nodeExporter(self) -> None:
+        service = self.services["node-exporter"]
+        self.assertEqual(service["pid"], "host")
+        self.assertIn("--path.rootfs=/host", service["command"])
+        self.assertIn("/:/host:ro,rslave", service["volumes"])
+
+
+class PrometheusConfigTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.config = loadYamlFile("prometheus.yml")
+
+    def test_jobs(self) -> None:
+        """
+        Prometheus itself, tcpdemo on :8889 and node-exporter on :9100, every
+        5 s, as in the seed article.
+        """
+        self.assertEqual(self.config["global"]["scrape_interval"], "5s")
+        jobs = {
+            job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+            for job in self.config["scrape_configs"]
+        }
+        self.assertEqual(
+            jobs,
+            {
+                "prometheus": ["localhost:9090"],
+                "tcpdemo": ["localhost:8889"],
+                "node": ["localhost:9100"],
+            },
+        )
+        self.assertEqual(self.config["rule_files"], ["rules.yml"])
+
+    def test_testConfig(self) -> None:
+        """
+        The test's config keeps the jobs but moves their targets, shortens
+        the intervals, and drops the node job.
+        """
+        config, dropped = testPrometheusConfig(self.config, "127.0.0.1:1", "127.0.0.1:2")
+        self.assertEqual(dropped, ["node"])
+        self.assertEqual(config["global"]["scrape_interval"], "1s")
+        self.assertEqual(config["global"]["evaluation_interval"], "1s")
+        self.assertEqual(config["rule_files"], [os.path.join(MONITOR, "rules.yml")])
+        self.assertEqual(
+            [(job["job_name"], job["static_configs"]) for job in config["scrape_configs"]],
+            [
+                ("prometheus", [{"targets": ["127.0.0.1:1"]}]),
+                ("tcpdemo", [{"targets": ["127.0.0.1:2"]}]),
+            ],
+        )
+        # The source is left as it was.
+        self.assertEqual(self.config, loadYamlFile("prometheus.yml"))
+
+    def test_unknownJob(self) -> None:
+        config = copy.deepcopy(self.config)
+        config["scrape_configs"].append({"job_name": "other", "static_configs": []})
+        self.assertRaises(ValueError, testPrometheusConfig, config, "a:1", "b:2")
+
+
+class PromtoolTests(unittest.TestCase):
+    """
+    What CI runs: C{promtool check config}, C{check rules} and C{test rules}.
+    """
+
+    def promtool(self, *args: str) -> str:
+        promtool = requireBinary(self, "promtool")
+        process = subprocess.run(
+            [promtool, *args],
+            cwd=MONITOR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=60,
+        )
+        output = process.stdout.decode(errors="replace")
+        self.assertEqual(process.returncode, 0, f"promtool {' '.join(args)}:\n{output}")
+        return output
+
+    def test_checkConfig(self) -> None:
+        """
+        monitor/prometheus.yml, and the rules it loads, are valid.
+        """
+        output = self.promtool("check", "config", "prometheus.yml")
+        self.assertIn("1 rule files found", output)
+
+    def test_checkTestConfig(self) -> None:
+        """
+        The config the live tests generate is valid too.
+        """
+        config, _ = testPrometheusConfig(
+            loadYamlFile("prometheus.yml"), "127.0.0.1:9090", "127.0.0.1:8889"
+        )
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f)
+        self.promtool("check", "config", path)
+
+    def test_checkRules(self) -> None:
+        output = self.promtool("check", "rules", "rules.yml")
+        self.assertIn("SUCCESS", output)
+
+    def test_testRules(self) -> None:
+        output = self.promtool("test", "rules", "rules_test.yml")
+        self.assertIn("SUCCESS", output)
+
+    def test_everyAlertTestedBothWays(self) -> None:
+        """
+        Each alert in rules.yml has a case in rules_test.yml where it fires
+        and one where it does not.
+        """
+        rules = loadYamlFile("rules.yml")
+        alerts = {
+            rule["alert"] for group in rules["groups"] for rule in group["rules"] if "alert" in rule
+        }
+        self.assertGreaterEqual(alerts, {"TcpdemoDown", "TcpdemoConnectionsNearLimit"})
+        tests = loadYamlFile("rules_test.yml")
+        self.assertEqual(tests["rule_files"], ["rules.yml"])
+        firing: set[str] = set()
+        silent: set[str] = set()
+        for case in tests["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (firing if check.get("exp_alerts") else silent).add(check["alertname"])
+        self.assertEqual(alerts - firing, set(), "alerts never tested firing")
+        self.assertEqual(alerts - silent, set(), "alerts never tested silent")
+
+
+class DashboardTests(unittest.TestCase):
+    """
+    The dashboard and Grafana's provisioning, offline.
+    """
+
+    def setUp(self) -> None:
+        self.dashboard = loadDashboard()
+        self.panels = list(iterPanels(self.dashboard["panels"]))
+        self.queries = dashboardQueries(self.dashboard)
+
+    def test_seedPanels(self) -> None:
+        """
+        The seed article's three panels, with its expressions.
+        """
+        for title, expr in SEED_PANELS.items():
+            self.assertIn((title, expr), self.queries)
+
+    def test_requiredMetrics(self) -> None:
+        text = "\n".join(expr for _, expr in self.queries)
+        for name in REQUIRED_METRICS:
+            self.assertIn(name, text)
+        self.assertIn("by (reason)", text)
+
+    def test_positivePanelsExist(self) -> None:
+        self.assertLessEqual(set(POSITIVE_UNDER_LOAD), {title for title, _ in self.queries})
+
+    def test_noNodeMetrics(self) -> None:
+        """
+        The live test runs no node-exporter, so the dashboard must not need
+        one (the stock dashboard 1860 shows node metrics).
+        """
+        for title, expr in self.queries:
+            self.assertNotRegex(expr, r"\bnode_", title)
+
+    def test_datasource(self) -> None:
+        """
+        Every panel and query names the provisioned datasource by its uid.
+        """
+        datasources = loadYamlFile("grafana", "provisioning", "datasources", "prometheus.yml")
+        [datasource] = datasources["datasources"]
+        self.assertEqual(datasource["type"], "prometheus")
+        self.assertEqual(datasource["url"], "http://localhost:9090")
+        expected = {"type": "prometheus", "uid": datasource["uid"]}
+        for panel in self.panels:
+            if panel.get("type") == "row":
+                continue
+            self.assertEqual(panel["datasource"], expected, panel["title"])
+            for target in panel["targets"]:
+                self.assertEqual(target["datasource"], expected, panel["title"])
+
+    def test_wellFormed(self) -> None:
+        self.assertEqual(self.dashboard["uid"], "tcpdemo")
+        ids = [panel["id"] for panel in self.panels]
+        self.assertEqual(len(ids), len(set(ids)))
+        for panel in self.panels:
+            grid = panel["gridPos"]
+            self.assertLessEqual(grid["x"] + grid["w"], 24, panel["title"])
+            refIds = [target["refId"] for target in panel.get("targets", [])]
+            self.assertEqual(len(refIds), len(set(refIds)), panel["title"])
+        for _, expr in self.queries:
+            self.assertNotIn("$", expr)
+
+    def test_iterPanelsFindsNestedPanels(self) -> None:
+        dashboard = {
+            "panels": [
+                {"type": "row", "title": "open", "panels": []},
+                {"title": "a", "targets": [{"expr": "x"}, {"expr": ""}]},
+                {
+                    "type": "row",
+                    "title": "collapsed",
+                    "panels": [{"title": "b", "targets": [{"expr": "y"}]}],
+                },
+            ]
+        }
+        self.assertEqual(dashboardQueries(dashboard), [("a", "x"), ("b", "y")])
+
+    def test_checkQueriesReportsProblems(self) -> None:
+        """
+        L{checkQueries} reports failed queries, empty results and zeros
+        where values above zero are required.
+        """
+        answers = {
+            "ok": {"status": "success",
+                   "data": {"resultType": "vector", "result": [{"value": [1, "2"]}]}},
+            "zero": {"status": "success",
+                     "data": {"resultType": "vector", "result": [{"value": [1, "0"]}]}},
+            "empty": {"status": "success", "data": {"resultType": "vector", "result": []}},
+            "bad": {"status": "error", "error": "parse error"},
+        }  # fmt: skip
+        queries = [("p", "ok"), ("p", "zero"), ("q", "zero"), ("q", "empty"), ("q", "bad"),
+                   ("q", "$job")]  # fmt: skip
+        problems = checkQueries(lambda expr, at: answers[expr], queries, 0.0, {"p"})
+        self.assertEqual(len(problems), 4, problems)
+        self.assertIn("no value above zero", problems[0])
+        self.assertIn("no data", problems[1])
+        self.assertIn("query failed", problems[2])
+        self.assertIn("Grafana variable", problems[3])
+
+
+class LivePrometheusTests(unittest.TestCase):
+    """
+    A real Prometheus, configured from monitor/prometheus.yml, scraping a
+    real server; every dashboard query must return data.
+    """
+
+    def workdir(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+
+    def test_dashboardHasDataUnderLoad(self) -> None:
+        """
+        Under load from C{tcpdemo.client}, every query of every panel returns
+        data, and the throughput and process panels are above zero at a
+        moment inside the load window.  The alert rules load and evaluate.
+        """
+        stack = LiveStack(self, self.workdir())
+        start = time.time()
+        client = subprocess.run(
+            [
+                sys.executable, "-m", "tcpdemo.client",
+                "--port", f"tcp:{LOOPBACK}:{stack.server.port}",
+                "--connections", "4",
+                "--window", "32",
+                "--duration", str(LOAD_SECONDS),
+                "--quiet",
+            ],
+            cwd=stack.workdir,
+            env=subprocessEnv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=LOAD_SECONDS + 30,
+        )  # fmt: skip
+        end = time.time()
+        output = client.stdout.decode(errors="replace")
+        self.assertEqual(client.returncode, 0, f"tcpdemo.client failed:\n{output}")
+
+        # A moment inside the load window, as Prometheus saw it: the middle
+        # of the samples where clients were connected.
+        stack.waitFor(lambda: time.time() > end + 2, 5, "a scrape after the load")
+        connected = stack.queryRange("tcpdemo_client_connected > 0", start, end, 0.5)
+        series = connected["data"]["result"]
+        self.assertTrue(series, f"no connections seen during load:\n{output}{stack.diagnostics()}")
+        stamps = sorted(float(t) for t, _ in series[0]["values"])
+        at = stamps[len(stamps) // 2]
+
+        queries = dashboardQueries(loadDashboard())
+        problems = checkQueries(stack.query, queries, at, POSITIVE_UNDER_LOAD)
+        self.assertEqual(problems, [], f"client output:\n{output}{stack.diagnostics()}")
+
+        # The rules of monitor/rules.yml were loaded and evaluate cleanly.
+        def evaluated() -> bool:
+            return all(rule.get("health") == "ok" for rule in stack.rules())
+
+        stack.waitFor(evaluated, 10, f"every rule to evaluate: {stack.rules()}")
+        names = {rule["name"] for rule in stack.rules()}
+        self.assertIn("TcpdemoConnectionsNearLimit", names)
+        firing = [rule["name"] for rule in stack.rules() if rule.get("state") == "firing"]
+        self.assertEqual(firing, [])
+
+    def test_checkerHasTeeth(self) -> None:
+        """
+        The check of L{test_dashboardHasDataUnderLoad} fails a dashboard
+        that queries a metric the server does not have, and a rate panel
+        that is zero because no load ran.
+        """
+        stack = LiveStack(self, self.workdir())
+        at = time.time()
+        dashboard = loadDashboard()
+        # Idle, every query still returns data (zeros): the control.
+        self.assertEqual(checkQueries(stack.query, dashboardQueries(dashboard), at), [])
+
+        broken = copy.deepcopy(dashboard)
+        for panel in iterPanels(broken["panels"]):
+            if panel.get("title") == "rsp_send_rate":
+                panel["targets"][0]["expr"] = "rate(tcpdemo_rsp_sent_total[15s])"
+        broken["panels"].append(
+            {
+                "type": "row",
+                "title": "collapsed",
+                "collapsed": True,
+                "panels": [{"title": "ghost", "targets": [{"expr": "tcpdemo_no_such_metric"}]}],
+            }
+        )
+        problems = checkQueries(stack.query, dashboardQueries(broken), at)
+        self.assertEqual(len(problems), 2, problems)
+        self.assertIn("'rate(tcpdemo_rsp_sent_total[15s])': no data", problems[0])
+        self.assertIn("'tcpdemo_no_such_metric': no data", problems[1])
+
+        # Without load the request rate is zero, which the load test rejects.
+        problems = checkQueries(
+            stack.query, [("req_recv_rate", SEED_PANELS["req_recv_rate"])], at, POSITIVE_UNDER_LOAD
+        )
+        self.assertEqual(len(problems), 1, problems)
+        self.assertIn("no value above zero", problems[0])
