@@ -966,7 +966,7 @@ class DashboardTests(unittest.TestCase):
         L{checkQueries} reports failed queries, empty results and zeros
         where values above zero are required.
         """
-        answers = {
+        answers: dict[str, dict[str, Any]] = {
             "ok": {"status": "success",
                    "data": {"resultType": "vector", "result": [{"value": [1, "2"]}]}},
             "zero": {"status": "success",
@@ -991,7 +991,7 @@ class LivePrometheusTests(unittest.TestCase):
     """
 
     def workdir(self) -> str:
-        path = os.path.abspath(self.mktemp())
+        path: str = os.path.abspath(self.mktemp())
         os.makedirs(path)
         return path
 
