@@ -11,6 +11,7 @@ C{lengthLimitExceeded}) and replaces the parse loop and the framing.
 from __future__ import annotations
 
 from struct import Struct
+from typing import Any
 
 from twisted.protocols.basic import Int32StringReceiver
 
@@ -61,7 +62,7 @@ class FrameReceiver(Int32StringReceiver):
         """
         if length > self.MAX_LENGTH:
             self.lengthLimitExceeded(length)
-        else:
+        elif self.transport is not None:
             self.transport.loseConnection()
 
     def endOfRead(self) -> None:
@@ -70,13 +71,22 @@ class FrameReceiver(Int32StringReceiver):
         """
 
     def dataReceived(self, data: bytes) -> None:
+        # Every Twisted transport has "disconnecting", but ITransport does not
+        # declare it.
+        transport: Any = self.transport
+        if transport is not None and transport.disconnecting:
+            # Nothing is parsed once the connection is closing (after a bad
+            # length, say), so nothing is kept either: a transport may still
+            # deliver the rest of a read, and it must not pile up here.
+            self._unprocessed = b""
+            self.endOfRead()
+            return
         buffered = self._unprocessed
         alldata = buffered + data if buffered else data
         offset = 0
         size = len(alldata)
         maxLength = self.MAX_LENGTH
         unpack_from = LENGTH.unpack_from
-        transport = self.transport
         while size - offset >= HEADER_SIZE and not self.paused:
             if transport is not None and transport.disconnecting:
                 break
@@ -99,4 +109,6 @@ class FrameReceiver(Int32StringReceiver):
         """
         Send C{string} as one frame.
         """
-        self.transport.write(frame(string))
+        transport = self.transport
+        assert transport is not None, "sendString before makeConnection"
+        transport.write(frame(string))

@@ -8,7 +8,7 @@ command id to class that both L{decode} and L{encode} use.
 
 from __future__ import annotations
 
-from typing import ClassVar, Dict, Type, Union
+from typing import ClassVar, Union
 
 import attrs
 
@@ -174,13 +174,13 @@ CONN_ACK = 0x80
 SUBMIT_ACK = 0x81
 
 #: The one table of command ids, used by both directions of the codec.
-COMMANDS: Dict[int, Type[Packet]] = {
+COMMANDS: dict[int, type[Packet]] = {
     CONN: Conn,
     SUBMIT: Submit,
     CONN_ACK: ConnAck,
     SUBMIT_ACK: SubmitAck,
 }
-COMMAND_IDS: Dict[Type[Packet], int] = {cls: cid for cid, cls in COMMANDS.items()}
+COMMAND_IDS: dict[type[Packet], int] = {cls: cid for cid, cls in COMMANDS.items()}
 
 
 def decode(payload: bytes) -> Packet:
