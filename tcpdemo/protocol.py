@@ -20,7 +20,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, FrameReceiver, frame
+from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, HEADER_SIZE, LENGTH, FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.packet import (
     CONN,
@@ -59,6 +59,59 @@ def _acks(ids: List[bytes]) -> bytes:
     return _ACK_HEAD + _ACK_SEPARATOR.join(ids) + _ACK_OK_TAIL
 
 
+_SUBMIT_FRAME_MIN = HEADER_SIZE + 1 + ID_SIZE
+_unpackLength = LENGTH.unpack_from
+
+
+def scanSubmits(data: bytes, maxLength: int, ids: List[bytes]) -> int:
+    """
+    The fast path of the frame and packet layers together, for the one
+    frame that matters: append the id of every complete, well-formed Submit
+    frame at the start of C{data} to C{ids}; return where the first other
+    frame (or incomplete frame) starts.
+
+    It makes the same decisions as C{FrameReceiver.dataReceived} followed by
+    L{decode} -- the tests check that both agree on every input -- but stops
+    rather than decide anything unusual, which the general path then does.
+    """
+    size = len(data)
+    if size < _SUBMIT_FRAME_MIN:
+        return 0
+    (length,) = _unpackLength(data, 0)
+    if length < _SUBMIT_FRAME_MIN or length > maxLength or data[HEADER_SIZE] != SUBMIT:
+        return 0
+    count = size // length
+    if count > 1:
+        # Frames of one size back to back (a load generator's, say): check
+        # the five header bytes of all of them with strided slices, in C.
+        end = count * length
+        for i in range(HEADER_SIZE + 1):
+            if data[i:end:length] != data[i : i + 1] * count:
+                break
+        else:
+            idStart = HEADER_SIZE + 1
+            ids += [data[o : o + ID_SIZE] for o in range(idStart, end, length)]
+            return end
+    # Frames of various sizes: one at a time, as tight as Python allows.
+    offset = 0
+    append = ids.append
+    while True:
+        end = offset + length
+        if end > size:
+            return offset
+        append(data[offset + HEADER_SIZE + 1 : offset + _SUBMIT_FRAME_MIN])
+        offset = end
+        if size - offset < _SUBMIT_FRAME_MIN:
+            return offset
+        (length,) = _unpackLength(data, offset)
+        if (
+            length < _SUBMIT_FRAME_MIN
+            or length > maxLength
+            or data[offset + HEADER_SIZE] != SUBMIT
+        ):
+            return offset
+
+
 def describePeer(address: Optional[IAddress]) -> str:
     """
     A short human form of a peer address for log lines.
@@ -92,6 +145,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     _authenticated = True
     _closing = False
     _closed = False
+    _readClosed = False
+    _linger: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -115,6 +170,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         self.factory.connectionClosed(self)
 
     # Receiving
@@ -126,6 +183,14 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             self.factory.metrics.bytes_received.inc(len(data))
             if self.timeOut is not None:
                 self.resetTimeout()
+        if self._authenticated and not self.paused:
+            # Take the run of plain Submits off the front in bulk; the frame
+            # layer parses whatever is left (a partial frame, anything else).
+            buffered = self._unprocessed
+            alldata = buffered + data if buffered else data
+            offset = scanSubmits(alldata, self.MAX_LENGTH, self._ids)
+            self._unprocessed = b""
+            data = alldata[offset:] if offset else alldata
         FrameReceiver.dataReceived(self, data)
 
     def stringReceived(self, string: bytes) -> None:
@@ -218,10 +283,31 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             self.transport.write(data)
             self.factory.metrics.bytes_sent.inc(len(data))
         if self._closing and not self._closed:
-            # A registered producer would keep the connection open forever.
-            self._closed = True
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+            self._finish()
+
+    def _finish(self) -> None:
+        """
+        Close once the acks written so far are flushed.
+
+        Closing a socket whose peer is still sending makes the kernel send
+        a reset, which can destroy acks the peer has received but not yet
+        read.  So the write side is shut first (the peer reads the acks,
+        then end-of-file), and input is read and dropped until the peer
+        closes too, for at most C{lingerTimeout} seconds.
+        """
+        self._closed = True
+        transport = self.transport
+        # A registered producer would keep the connection open forever.
+        transport.unregisterProducer()
+        loseWriteConnection = getattr(transport, "loseWriteConnection", None)
+        if self._readClosed or loseWriteConnection is None:
+            transport.loseConnection()
+            return
+        loseWriteConnection()
+        transport.resumeProducing()
+        self._linger = self.factory.reactor.callLater(
+            self.factory.lingerTimeout, transport.abortConnection
+        )
 
     def _close(self) -> None:
         """
@@ -244,11 +330,18 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         """
         The client will send no more: answer what it sent, then close.
         """
-        self._close()
-        self.endOfRead()
+        self._readClosed = True
+        if self._closed:
+            self.transport.loseConnection()
+        else:
+            self._close()
+            self.endOfRead()
 
     def writeConnectionLost(self) -> None:
-        self.transport.abortConnection()
+        """
+        Our acks are all out; the peer's end-of-file (or the linger timer)
+        finishes the close.
+        """
 
     def timeoutConnection(self) -> None:
         self.factory.metrics.idle_timeouts.inc()
@@ -285,6 +378,7 @@ class TcpDemoServerFactory(ServerFactory):
     idleTimeout: Optional[float] = None
     writeBufferLimit: int = DEFAULT_WRITE_BUFFER_LIMIT
     authToken: Optional[bytes] = None
+    lingerTimeout: float = 5.0
     reactor: Any = attrs.field(default=None)
     refusalLogInterval: float = 10.0
 

@@ -388,3 +388,68 @@ class DrainTests(ProtocolTestCase):
 
     def test_drainNothing(self) -> None:
         self.successResultOf(self.factory.drainAll())
+
+
+class HalfClosingTransport(RecordingTransport):
+    """
+    A transport that, like TCP, can shut its write side alone.
+    """
+
+    writeClosed = False
+    reading = True
+
+    def loseWriteConnection(self) -> None:
+        self.writeClosed = True
+
+    def pauseProducing(self) -> None:
+        self.reading = False
+        RecordingTransport.pauseProducing(self)
+
+    def resumeProducing(self) -> None:
+        self.reading = True
+        RecordingTransport.resumeProducing(self)
+
+
+class LingeringCloseTests(ProtocolTestCase):
+    """
+    Closing while the peer still sends would reset the connection and can
+    destroy acks the peer has not read yet: the server shuts its write side,
+    drops further input, and closes when the peer does or the linger ends.
+    """
+
+    def connectHalfClosing(self) -> tuple[TcpDemoServerProtocol, HalfClosingTransport]:
+        protocol = self.factory.buildProtocol(PEER)
+        assert protocol is not None
+        transport = HalfClosingTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_lingerThenAbort(self) -> None:
+        protocol, transport = self.connectHalfClosing()
+        protocol.dataReceived(submitFrame(1) + b"\x00\x00\x00\x05\x09" + submitFrame(2))
+        self.assertEqual(transport.value(), ackFrame(1))
+        self.assertTrue(transport.writeClosed)
+        self.assertFalse(transport.disconnecting)
+        self.assertTrue(transport.reading, "input must be drained, not left to cause a reset")
+        protocol.dataReceived(submitFrame(3))
+        self.assertEqual(transport.value(), ackFrame(1))
+        self.clock.advance(self.factory.lingerTimeout)
+        self.assertTrue(transport.aborted)
+
+    def test_peerClosesFirst(self) -> None:
+        protocol, transport = self.connectHalfClosing()
+        protocol.dataReceived(b"\x00\x00\x00\x05\x09")
+        protocol.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_halfCloseAfterSubmits(self) -> None:
+        """
+        A client that shuts its sending side gets its acks, then the close.
+        """
+        protocol, transport = self.connectHalfClosing()
+        protocol.dataReceived(submitFrame(1) + submitFrame(2))
+        protocol.readConnectionLost()
+        self.assertEqual(transport.value(), ackFrame(1) + ackFrame(2))
+        self.assertTrue(transport.disconnecting)

@@ -135,7 +135,7 @@ class TwistdTests(SynchronousTestCase):
         size = len(submitFrame(1, b"p" * 9))
         count = 200000
         frames = b"".join(submitFrame(i, b"p" * 9) for i in range(1, count + 1))
-        pushUntilBlocked(sock, frames)
+        sent = pushUntilBlocked(sock, frames)
 
         def steady() -> bool:
             before = metric(server.scrape(), "tcpdemo_bytes_received_total")
@@ -144,16 +144,20 @@ class TwistdTests(SynchronousTestCase):
 
         waitFor(steady, what="the server to stop reading")
         samples = server.scrape()
-        read = int(metric(samples, "tcpdemo_bytes_received_total"))
         self.assertGreater(metric(samples, "tcpdemo_backpressure_pauses_total"), 0)
-        owed = read // size
+        owed = int(metric(samples, "tcpdemo_bytes_received_total")) // size
         self.assertLess(metric(samples, "tcpdemo_rsp_send_total"), owed + 1)
 
         server.process.send_signal(15)
         acks = recvUntilClosed(sock, timeout=20)
-        self.assertEqual(len(acks), owed * 14)
+        # Every Submit read before the signal is answered (the server may
+        # still have read a little more as the kernel took acks), in order,
+        # and nothing is answered that was not sent.
+        answered = len(acks) // 14
+        self.assertGreaterEqual(answered, owed)
+        self.assertLessEqual(answered, sent // size)
         # pushUntilBlocked starts again at id 1 after the last frame.
-        self.assertEqual(acks, b"".join(ackFrame(i % count + 1) for i in range(owed)))
+        self.assertEqual(acks, b"".join(ackFrame(i % count + 1) for i in range(answered)))
         self.assertEqual(server.process.wait(20), 0)
 
     def test_slowReadersBoundRSS(self) -> None:

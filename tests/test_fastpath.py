@@ -1,0 +1,153 @@
+"""
+The server's bulk fast path (L{scanSubmits}) must make exactly the decisions
+of the general path (the frame layer, then L{decode}) on every input.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from tcpdemo.frame import FrameReceiver, frame
+from tcpdemo.metrics import ServerMetrics
+from tcpdemo.packet import ProtocolError, Submit, decode
+from tcpdemo.protocol import TcpDemoServerFactory, TcpDemoServerProtocol, scanSubmits
+
+from .test_protocol import PEER, RecordingTransport
+
+ids = st.binary(min_size=8, max_size=8)
+
+
+def submit(ident: bytes, payload: bytes) -> bytes:
+    return frame(b"\x02" + ident + payload)
+
+
+@st.composite
+def uniformRun(draw: st.DrawFn) -> bytes:
+    size = draw(st.integers(0, 40))
+    return b"".join(submit(i, b"u" * size) for i in draw(st.lists(ids, max_size=30)))
+
+
+anyFrame = st.one_of(
+    st.builds(submit, ids, st.binary(max_size=40)),
+    uniformRun(),
+    st.just(frame(b"\x01")),
+    st.builds(lambda body: frame(b"\x02" + body), st.binary(max_size=7)),
+    st.builds(lambda c, body: frame(bytes([c]) + body), st.integers(0, 255), st.binary(max_size=12)),
+    st.sampled_from(
+        [b"\xff\xff\xff\xff", b"\x00\x00\x00\x04", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"]
+    ),
+    st.binary(max_size=20),
+)
+streams = st.lists(anyFrame, max_size=25).map(b"".join)
+maxLengths = st.sampled_from([13, 20, 64, 1024 * 1024])
+
+
+class GeneralPath(FrameReceiver):
+    """
+    The frame layer and decode, one frame at a time, stopping at the first
+    frame that is not a well-formed Submit.
+    """
+
+    def __init__(self, maxLength: int) -> None:
+        self.MAX_LENGTH = maxLength
+        self.ids: List[bytes] = []
+        self.consumed = 0
+        self.stopped = False
+
+    def stringReceived(self, string: bytes) -> None:
+        if self.stopped:
+            return
+        try:
+            packet = decode(string)
+        except ProtocolError:
+            packet = None
+        if isinstance(packet, Submit):
+            self.ids.append(packet.id)
+            self.consumed += len(string) + 4
+        else:
+            self.stopped = True
+            self.paused = True
+
+    def badLengthReceived(self, length: int) -> None:
+        self.stopped = True
+
+
+class ScanTests(SynchronousTestCase):
+    @given(streams, maxLengths)
+    def test_agreesWithGeneralPath(self, data: bytes, maxLength: int) -> None:
+        found: List[bytes] = []
+        offset = scanSubmits(data, maxLength, found)
+        general = GeneralPath(maxLength)
+        general.dataReceived(data)
+        self.assertEqual(found, general.ids)
+        self.assertEqual(offset, general.consumed)
+
+    def test_uniformRun(self) -> None:
+        data = b"".join(submit(b"%08d" % i, b"x" * 20) for i in range(1000))
+        found: List[bytes] = []
+        self.assertEqual(scanSubmits(data + data[:10], 1 << 20, found), len(data))
+        self.assertEqual(found, [b"%08d" % i for i in range(1000)])
+
+    def test_uniformRunThenOther(self) -> None:
+        """
+        A run of equal frames whose last one differs falls back correctly.
+        """
+        data = submit(b"a" * 8, b"xy") * 5 + frame(b"\x09" + b"b" * 10)
+        found: List[bytes] = []
+        self.assertEqual(scanSubmits(data, 1 << 20, found), 5 * 15)
+        self.assertEqual(found, [b"a" * 8] * 5)
+
+
+class SlowProtocol(TcpDemoServerProtocol):
+    """
+    The server without its fast path: every frame through the frame layer.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        FrameReceiver.dataReceived(self, data)
+
+
+def run(protocolClass: type, data: bytes, cuts: List[int], maxLength: int) -> Tuple[bytes, bool, dict]:
+    registry = CollectorRegistry()
+    factory = TcpDemoServerFactory(
+        metrics=ServerMetrics.create(registry), reactor=Clock(), maxFrameLength=maxLength
+    )
+    factory.protocol = protocolClass
+    protocol = factory.buildProtocol(PEER)
+    assert protocol is not None
+    transport = RecordingTransport()
+    protocol.makeConnection(transport)
+    start = 0
+    for cut in sorted(cuts) + [len(data)]:
+        protocol.dataReceived(data[start:cut])
+        start = cut
+    errors = {
+        s.labels["reason"]: s.value
+        for m in registry.collect()
+        if m.name == "tcpdemo_protocol_errors"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+    return transport.value(), transport.disconnecting, errors
+
+
+class ProtocolEquivalenceTests(SynchronousTestCase):
+    @given(streams, st.lists(st.integers(0, 2000), max_size=8), maxLengths)
+    def test_sameAnswers(self, data: bytes, cuts: List[int], maxLength: int) -> None:
+        """
+        With or without the fast path, the same bytes answer the same
+        stream, cut anywhere, and the same errors are counted.
+        """
+        cuts = [c for c in cuts if c <= len(data)]
+        self.assertEqual(
+            run(TcpDemoServerProtocol, data, cuts, maxLength),
+            run(SlowProtocol, data, cuts, maxLength),
+        )
