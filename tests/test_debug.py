@@ -16,7 +16,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
@@ -25,6 +25,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -434,10 +435,20 @@ class DebugSiteTests(HTTPTestCase):
         Fractions of a second are allowed; the table is sorted by own time.
         """
         base = self.listenSite()
+        events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         response = await self.get(base + "/debug/profile?seconds=0.2&format=text")
         self.assertEqual(response.code, 200, response.body)
         self.assertIn("tcpdemo CPU profile: 0.2s", response.text)
         self.assertIn("Ordered by: internal time", response.text)
+        await self.get(base + "/debug/")
+        # One line per measurement, and no access log.
+        lines = [formatEvent(event) for event in events]
+        about = [line for line in lines if "/debug/" in line or "profile" in line]
+        self.assertEqual(len(about), 1, lines)
+        self.assertRegex(about[0], r"^took a 0\.2s CPU profile \(text\) for 127\.0\.0\.1:\d+$")
 
     async def test_oneAtATimeAndKeepsServing(self) -> None:
         """
