@@ -8,9 +8,8 @@ The Prometheus binaries come from Debian's C{prometheus} package (installed
 by C{.ci/run}).  When C{prometheus} or C{promtool} is missing these tests
 fail, never skip: a dashboard nobody checked is what they are here to stop.
 
-YAML files are read by L{loadYaml}, a parser for the small subset of YAML
-that C{monitor/} uses, so that no YAML library is needed; where PyYAML
-happens to be importable, a test checks that both agree on every file.
+YAML files are read by L{loadYamlFile}, with PyYAML's C{yaml.safe_load}
+(PyYAML is in the C{test} extra).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
+import yaml  # type: ignore[import-untyped]
 from twisted.trial import unittest
 
 from tests.support import LOOPBACK, REPO_ROOT, TwistdServer, freePort, subprocessEnv
@@ -89,224 +89,15 @@ TEST_INTERVAL = "1s"
 LOAD_SECONDS = 8
 
 
-# --- A parser for the subset of YAML that monitor/ uses ---------------------
-
-
-class YamlSubsetError(ValueError):
-    """
-    The text uses YAML this parser does not support (or is not YAML).
-    """
-
-
-_KEY = re.compile(r"^([A-Za-z0-9_][A-Za-z0-9_.\-/]*):(?:[ ]+(.*))?$")
-_INT = re.compile(r"^[-+]?(0|[1-9][0-9]*)$")
-_FLOAT = re.compile(r"^[-+]?([0-9]+\.[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$")
-_BOOLS = {
-    "true": True, "True": True, "TRUE": True, "yes": True, "Yes": True, "on": True,
-    "false": False, "False": False, "FALSE": False, "no": False, "No": False, "off": False,
-}  # fmt: skip
-
-
-def _stripComment(text: str) -> str:
-    """
-    C{text} without a trailing C{# comment} outside quotes.
-    """
-    quote: str | None = None
-    for i, char in enumerate(text):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"" and (i == 0 or text[i - 1] in " [,:"):
-            quote = char
-        elif char == "#" and (i == 0 or text[i - 1] == " "):
-            return text[:i].rstrip()
-    return text.rstrip()
-
-
-def _scalar(text: str) -> Any:
-    """
-    A flow scalar, or a flow sequence of them.
-    """
-    if text.startswith('"'):
-        if not text.endswith('"') or len(text) < 2:
-            raise YamlSubsetError(f"unterminated string: {text}")
-        return json.loads(text)
-    if text.startswith("'"):
-        if not text.endswith("'") or len(text) < 2:
-            raise YamlSubsetError(f"unterminated string: {text}")
-        return text[1:-1].replace("''", "'")
-    if text.startswith("["):
-        if not text.endswith("]"):
-            raise YamlSubsetError(f"unsupported flow sequence: {text}")
-        inner = text[1:-1].strip()
-        if not inner:
-            return []
-        items = re.findall(r'\s*("(?:[^"\\]|\\.)*"|\'(?:[^\']|\'\')*\'|[^,"\']+)\s*(?:,|$)', inner)
-        if ",".join(items).replace(" ", "") != inner.replace(" ", ""):
-            raise YamlSubsetError(f"unsupported flow sequence: {text}")
-        return [_scalar(item.strip()) for item in items]
-    if text[0] in "{&*!|>%@`" or text.startswith("- ") or ": " in text:
-        raise YamlSubsetError(f"unsupported scalar: {text}")
-    if text in ("~", "null", "Null", "NULL"):
-        return None
-    if text in _BOOLS:
-        return _BOOLS[text]
-    if _INT.match(text):
-        return int(text)
-    if _FLOAT.match(text):
-        return float(text)
-    return text
-
-
-class _YamlSubsetParser:
-    """
-    Block mappings and sequences, plain and quoted scalars, flow sequences of
-    scalars, and C{>}/C{|} block scalars (with C{-} chomping or none).
-    Anchors, tags, flow mappings and multiple documents raise
-    L{YamlSubsetError} rather than being misread.
-    """
-
-    def __init__(self, text: str):
-        if "\t" in text:
-            raise YamlSubsetError("tabs are not supported")
-        self.raw = text.splitlines()
-        # (line number, indent, content) of every line that is not blank or
-        # a comment; a sequence item "- x" is later split into two entries.
-        self.lines: list[tuple[int, int, str]] = []
-        for number, line in enumerate(self.raw):
-            content = line.strip()
-            if not content or content.startswith("#"):
-                continue
-            if content in ("---", "..."):
-                raise YamlSubsetError("multiple documents are not supported")
-            self.lines.append((number, len(line) - len(line.lstrip(" ")), content))
-        self.i = 0
-
-    def parse(self) -> Any:
-        if not self.lines:
-            return None
-        value = self.block(self.lines[0][1])
-        if self.i != len(self.lines):
-            number, _, content = self.lines[self.i]
-            raise YamlSubsetError(f"line {number + 1}: unexpected {content!r}")
-        return value
-
-    def block(self, indent: int) -> Any:
-        number, lineIndent, content = self.lines[self.i]
-        if lineIndent != indent:
-            raise YamlSubsetError(f"line {number + 1}: bad indentation")
-        if content == "-" or content.startswith("- "):
-            return self.sequence(indent)
-        return self.mapping(indent)
-
-    def sequence(self, indent: int) -> list[Any]:
-        items: list[Any] = []
-        while self.i < len(self.lines):
-            number, lineIndent, content = self.lines[self.i]
-            if lineIndent < indent:
-                break
-            if lineIndent > indent or not (content == "-" or content.startswith("- ")):
-                if lineIndent == indent:
-                    break
-                raise YamlSubsetError(f"line {number + 1}: bad indentation")
-            rest = _stripComment(content[1:]).lstrip(" ")
-            if not rest:
-                self.i += 1
-                items.append(self.nested(indent, number))
-            elif _KEY.match(rest) or rest.startswith("- "):
-                # "- key: value" opens a mapping (or "- - x" a sequence)
-                # whose first entry sits after the dash.
-                itemIndent = lineIndent + (len(content) - len(content[1:].lstrip(" ")))
-                self.lines[self.i] = (number, itemIndent, content[1:].lstrip(" "))
-                items.append(self.block(itemIndent))
-            else:
-                self.i += 1
-                items.append(self.value(rest, indent, number))
-        return items
-
-    def mapping(self, indent: int) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-        while self.i < len(self.lines):
-            number, lineIndent, content = self.lines[self.i]
-            if lineIndent < indent:
-                break
-            if lineIndent > indent:
-                raise YamlSubsetError(f"line {number + 1}: bad indentation")
-            if content == "-" or content.startswith("- "):
-                break
-            match = _KEY.match(_stripComment(content))
-            if match is None:
-                raise YamlSubsetError(f"line {number + 1}: not a 'key: value' line: {content!r}")
-            key, rest = match.group(1), match.group(2)
-            if key in result:
-                raise YamlSubsetError(f"line {number + 1}: duplicate key {key!r}")
-            self.i += 1
-            if rest:
-                result[key] = self.value(rest, indent, number)
-            else:
-                result[key] = self.nested(indent, number, sequenceMayAlign=True)
-        return result
-
-    def nested(self, indent: int, number: int, sequenceMayAlign: bool = False) -> Any:
-        """
-        The block value of the entry on line C{number}: more indented lines,
-        or (for a mapping key) a sequence at the key's own indentation.
-        """
-        if self.i >= len(self.lines):
-            return None
-        _, nextIndent, nextContent = self.lines[self.i]
-        isItem = nextContent == "-" or nextContent.startswith("- ")
-        if nextIndent > indent or (sequenceMayAlign and nextIndent == indent and isItem):
-            return self.block(nextIndent)
-        return None
-
-    def value(self, text: str, indent: int, number: int) -> Any:
-        if re.match(r"^[>|][-]?$", text):
-            return self.blockScalar(text, indent, number)
-        return _scalar(text)
-
-    def blockScalar(self, header: str, indent: int, number: int) -> str:
-        """
-        A C{>} (folded) or C{|} (literal) block scalar: the raw lines after
-        line C{number} that are indented deeper than C{indent}.
-        """
-        body: list[str] = []
-        end = number + 1
-        while end < len(self.raw):
-            line = self.raw[end]
-            if line.strip() and len(line) - len(line.lstrip(" ")) <= indent:
-                break
-            body.append(line)
-            end += 1
-        while body and not body[-1].strip():
-            body.pop()
-        if not body:
-            raise YamlSubsetError(f"line {number + 1}: empty block scalar")
-        margin = len(body[0]) - len(body[0].lstrip(" "))
-        texts = []
-        for line in body:
-            if not line.strip() or len(line) - len(line.lstrip(" ")) != margin:
-                raise YamlSubsetError(
-                    f"line {number + 1}: blank or more-indented lines in a block scalar"
-                )
-            texts.append(line[margin:])
-        while self.i < len(self.lines) and self.lines[self.i][0] < end:
-            self.i += 1
-        text = (" " if header[0] == ">" else "\n").join(texts)
-        return text if header.endswith("-") else text + "\n"
-
-
-def loadYaml(text: str) -> Any:
-    """
-    Parse C{text}, written in the subset of YAML that L{_YamlSubsetParser}
-    describes.
-    """
-    return _YamlSubsetParser(text).parse()
+# --- YAML -------------------------------------------------------------------
 
 
 def loadYamlFile(*path: str) -> Any:
+    """
+    The YAML file C{monitor/<path>}, read with PyYAML's safe loader.
+    """
     with open(os.path.join(MONITOR, *path), encoding="utf-8") as f:
-        return loadYaml(f.read())
+        return yaml.safe_load(f)
 
 
 # --- Dashboards --------------------------------------------------------------
@@ -579,77 +370,6 @@ class LiveStack:
 
 
 # --- Tests -------------------------------------------------------------------
-
-
-class YamlSubsetTests(unittest.TestCase):
-    """
-    L{loadYaml} reads what monitor/ needs, and refuses what it cannot read.
-    """
-
-    def test_blockStructures(self) -> None:
-        text = (
-            "# comment\n"
-            "a: 1\n"
-            "b:\n"
-            "  - x  # trailing comment\n"
-            "  - 'it''s'\n"
-            '  - "q: #1"\n'
-            "c:\n"
-            "- k: v\n"
-            '  l: [a, "b"]\n'
-            "- /:/host:ro\n"
-            "d:\n"
-            "  e: true\n"
-            "  f:\n"
-            "  g: >-\n"
-            "    folded\n"
-            "    text\n"
-            "  h: |\n"
-            "    literal\n"
-            "    text\n"
-            "i: 5s\n"
-        )
-        self.assertEqual(
-            loadYaml(text),
-            {
-                "a": 1,
-                "b": ["x", "it's", "q: #1"],
-                "c": [{"k": "v", "l": ["a", "b"]}, "/:/host:ro"],
-                "d": {"e": True, "f": None, "g": "folded text", "h": "literal\ntext\n"},
-                "i": "5s",
-            },
-        )
-
-    def test_refusesUnsupported(self) -> None:
-        for text in (
-            "a: &anchor 1\n",
-            "a: {b: 1}\n",
-            "a: 1\n---\nb: 2\n",
-            "a:\n\tb: 1\n",
-            "a: 1\na: 2\n",
-            "a:\n    b: 1\n  c: 2\n",
-            "just text\n",
-        ):
-            self.assertRaises(YamlSubsetError, loadYaml, text)
-
-    def test_agreesWithPyYAML(self) -> None:
-        """
-        Where PyYAML is importable, it reads every YAML file in monitor/
-        exactly as L{loadYaml} does.
-        """
-        try:
-            import yaml  # type: ignore[import-untyped]
-        except ImportError:
-            raise unittest.SkipTest("PyYAML is not installed (not a dependency)") from None
-        checked = 0
-        for directory, _, files in os.walk(MONITOR):
-            for name in files:
-                if name.endswith((".yml", ".yaml")):
-                    with open(os.path.join(directory, name), encoding="utf-8") as f:
-                        text = f.read()
-                    self.assertEqual(loadYaml(text), yaml.safe_load(text), name)
-                    checked += 1
-        self.assertGreaterEqual(checked, 6)
 
 
 class ComposeTests(unittest.TestCase):
