@@ -23,7 +23,7 @@ from zope.interface import implementer
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, HEADER_SIZE, LENGTH, FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.packet import (
-    CONN,
+    COMMANDS,
     ID_SIZE,
     RESULT_ERROR,
     RESULT_OK,
@@ -41,6 +41,9 @@ from tcpdemo.packet import (
     decode,
     encode,
 )
+
+#: Commands only a server sends: a client sending one is refused.
+_SENT_BY_SERVERS = (ConnAck, SubmitAck)
 
 #: A SubmitAck is the same 14 bytes but for its id: the frame header and
 #: command byte before it, the result byte after it.
@@ -78,8 +81,9 @@ def scanSubmits(data: bytes, maxLength: int, ids: List[bytes]) -> int:
     if size < _SUBMIT_FRAME_MIN:
         return 0
     (length,) = _unpackLength(data, 0)
-    if length < _SUBMIT_FRAME_MIN or length > maxLength or data[HEADER_SIZE] != SUBMIT:
+    if not _SUBMIT_FRAME_MIN <= length <= maxLength or data[HEADER_SIZE] != SUBMIT:
         return 0
+    offset = 0
     count = size // length
     if count > 1:
         # Frames of one size back to back (a load generator's, say): check
@@ -91,25 +95,21 @@ def scanSubmits(data: bytes, maxLength: int, ids: List[bytes]) -> int:
         else:
             idStart = HEADER_SIZE + 1
             ids += [data[o : o + ID_SIZE] for o in range(idStart, end, length)]
-            return end
-    # Frames of various sizes: one at a time, as tight as Python allows.
-    offset = 0
+            offset = end
+    # Frames of various sizes (or what follows the run): one at a time.
     append = ids.append
-    while True:
+    while size - offset >= _SUBMIT_FRAME_MIN:
+        (length,) = _unpackLength(data, offset)
         end = offset + length
-        if end > size:
-            return offset
+        if (
+            not _SUBMIT_FRAME_MIN <= length <= maxLength
+            or data[offset + HEADER_SIZE] != SUBMIT
+            or end > size
+        ):
+            break
         append(data[offset + HEADER_SIZE + 1 : offset + _SUBMIT_FRAME_MIN])
         offset = end
-        if size - offset < _SUBMIT_FRAME_MIN:
-            return offset
-        (length,) = _unpackLength(data, offset)
-        if (
-            length < _SUBMIT_FRAME_MIN
-            or length > maxLength
-            or data[offset + HEADER_SIZE] != SUBMIT
-        ):
-            return offset
+    return offset
 
 
 def describePeer(address: Optional[IAddress]) -> str:
@@ -205,6 +205,13 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         Everything but the fast path: decode fully, then act or refuse.
         """
         try:
+            command = COMMANDS.get(payload[0])
+            if command in _SENT_BY_SERVERS:
+                # Refused for its direction, whatever its body looks like.
+                raise UnexpectedCommand(
+                    f"{command.__name__} is sent by servers, not to them: "  # type: ignore[union-attr]
+                    + abbreviate(payload)
+                )
             packet = decode(payload)
             if isinstance(packet, Submit):
                 if not self._authenticated:
@@ -214,11 +221,6 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
                 self._ids.append(packet.id)
             elif isinstance(packet, Conn):
                 self._connReceived(packet)
-            else:
-                raise UnexpectedCommand(
-                    f"{type(packet).__name__} is sent by servers, not to them: "
-                    + abbreviate(payload)
-                )
         except ProtocolError as error:
             self.protocolError(error)
 

@@ -453,3 +453,16 @@ class LingeringCloseTests(ProtocolTestCase):
         protocol.readConnectionLost()
         self.assertEqual(transport.value(), ackFrame(1) + ackFrame(2))
         self.assertTrue(transport.disconnecting)
+
+
+class DirectionTests(ProtocolTestCase):
+    def test_malformedAckIsUnexpected(self) -> None:
+        """
+        An ack sent to the server is refused for its direction, even when
+        its body is malformed too.
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(frame(b"\x81" + b"short"))
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.value("tcpdemo_protocol_errors_total", reason="unexpected_command"), 1)
+        self.assertEqual(self.value("tcpdemo_protocol_errors_total", reason="malformed_packet"), 0)
