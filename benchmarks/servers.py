@@ -1,0 +1,376 @@
+"""
+Starting, measuring and stopping one server process, and running the client.
+
+Every server is a separate process on loopback, on a port the kernel picks
+(so that runs never collide with anything else on the machine): the
+product (C{twistd -n tcpdemo}), a historical step (C{twistd -n -y
+benchmarks/step_app.tac}) or a comparison peer (C{benchmarks/peers}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Server kinds: the product, the historical steps, the peers.
+STEP_NAMES = ("step0", "step1", "step2", "step3")
+PRODUCT = "final"
+PEERS = {
+    "streams": "benchmarks.peers.asyncio_streams",
+    "protocol": "benchmarks.peers.asyncio_protocol",
+}
+ALL_SERVERS = STEP_NAMES + (PRODUCT,) + tuple(PEERS)
+
+_LISTENING = re.compile(r"(tcpdemo server|tcpdemo metrics \(/metrics\)|tcpdemo debug \(/debug/\)) "
+                        r"listening on tcp:[\d.]+:(\d+)")
+_PEER_LISTENING = re.compile(r"^listening on [\d.]+:(\d+)", re.M)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+LOOPBACK = "127.0.0.1"
+
+
+class BenchError(Exception):
+    """
+    A server or the client did not behave: the run cannot be measured.
+    """
+
+
+def raiseFileLimit() -> int:
+    """
+    Raise this process's soft RLIMIT_NOFILE to the hard limit; every server
+    and client started from here inherits it.  Returns the new soft limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
+
+
+def twistdCommand(python: str) -> list[str]:
+    """
+    The C{twistd} beside C{python}, or the same run through C{python -c}.
+    """
+    script = Path(python).parent / "twistd"
+    if script.exists():
+        return [str(script)]
+    return [python, "-c", "import sys; from twisted.scripts.twistd import run; "
+            "sys.argv[0] = 'twistd'; run()"]
+
+
+def pinned(command: list[str], cpu: int | None) -> list[str]:
+    """
+    C{command} pinned to one CPU with taskset, or as it is.
+    """
+    if cpu is None:
+        return command
+    return ["taskset", "-c", str(cpu)] + command
+
+
+class Server:
+    """
+    One server process: start it, wait until it listens, read its CPU time
+    and RSS, stop it.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        python: str,
+        cpu: int | None = None,
+        debug: bool = False,
+        logDir: Path | None = None,
+    ) -> None:
+        if kind not in ALL_SERVERS:
+            raise ValueError(f"unknown server {kind!r}; one of {', '.join(ALL_SERVERS)}")
+        self.kind = kind
+        self.python = python
+        self.cpu = cpu
+        self.debug = debug
+        self.logDir = Path(logDir or tempfile.mkdtemp(prefix="tcpdemo-bench-"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self.metricsPort: int | None = None
+        self.debugPort: int | None = None
+        self._log: IO[bytes] | None = None
+        self.logPath = self.logDir / f"{kind}-{os.getpid()}-{time.monotonic_ns()}.log"
+
+    @property
+    def isTcpdemo(self) -> bool:
+        return self.kind not in PEERS
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def command(self) -> list[str]:
+        listen = f"tcp:0:interface={LOOPBACK}"
+        if self.kind in PEERS:
+            return [self.python, "-u", "-m", PEERS[self.kind], "--host", LOOPBACK, "--port", "0"]
+        args = ["--port", listen, "--metrics", listen]
+        if self.debug:
+            args += ["--debug", listen]
+        twistd = twistdCommand(self.python) + ["-n", "--pidfile="]
+        if self.kind == PRODUCT:
+            return twistd + ["tcpdemo"] + args
+        return twistd + ["-y", str(ROOT / "benchmarks" / "step_app.tac")]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.kind in PEERS:
+            env["PYTHONPATH"] = str(ROOT)
+        elif self.kind != PRODUCT:
+            listen = f"tcp:0:interface={LOOPBACK}"
+            args = f"--port {listen} --metrics {listen}"
+            if self.debug:
+                args += f" --debug {listen}"
+            env["TCPDEMO_STEP"] = self.kind
+            env["TCPDEMO_STEP_ARGS"] = args
+        return env
+
+    def start(self, timeout: float = 60.0) -> Server:
+        """
+        Start the process and wait until it listens.
+        """
+        self.launch()
+        return self.waitListening(timeout)
+
+    def launch(self) -> None:
+        """
+        Start the process (several servers can start at once).
+        """
+        self._log = open(self.logPath, "wb")
+        self.process = subprocess.Popen(
+            pinned(self.command(), self.cpu),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.environment(),
+            cwd=str(self.logDir),
+        )
+
+    def waitListening(self, timeout: float = 60.0) -> Server:
+        """
+        Wait until the server listens on every port it was asked for.
+        """
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchError(f"{self.kind} server exited at start:\n{self.logTail()}")
+            if self._parseLog():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"{self.kind} server did not listen within {timeout}s:\n{self.logTail()}")
+
+    def _parseLog(self) -> bool:
+        text = self.logPath.read_text(errors="replace")
+        if self.kind in PEERS:
+            match = _PEER_LISTENING.search(text)
+            if match:
+                self.port = int(match.group(1))
+            return self.port is not None
+        for what, port in _LISTENING.findall(text):
+            if what == "tcpdemo server":
+                self.port = int(port)
+            elif what.startswith("tcpdemo metrics"):
+                self.metricsPort = int(port)
+            else:
+                self.debugPort = int(port)
+        return (
+            self.port is not None
+            and self.metricsPort is not None
+            and (self.debugPort is not None or not self.debug)
+        )
+
+    def logTail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.logPath.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    # Measuring
+
+    def metrics(self) -> dict[str, float]:
+        """
+        The server's own /metrics, as name -> value (unlabelled samples only).
+        """
+        url = f"http://{LOOPBACK}:{self.metricsPort}/metrics"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            text = response.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                if "{" not in name:
+                    values[name] = float(value)
+        return values
+
+    def cpuSeconds(self) -> float:
+        """
+        The server's CPU seconds so far: its own process_cpu_seconds_total
+        from /metrics for tcpdemo, /proc/PID/stat for the peers.
+        """
+        if self.isTcpdemo:
+            return self.metrics()["process_cpu_seconds_total"]
+        return procCpuSeconds(self.pid)
+
+    def rssBytes(self) -> int:
+        return procRssBytes(self.pid)
+
+    def openFiles(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def profile(self, seconds: float) -> str:
+        """
+        The text table of C{/debug/profile} over the next C{seconds}.
+        """
+        url = (f"http://{LOOPBACK}:{self.debugPort}/debug/profile"
+               f"?seconds={seconds:g}&format=text")
+        with urllib.request.urlopen(url, timeout=seconds + 60) as response:
+            return str(response.read().decode())
+
+    # Stopping
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """
+        SIGTERM, then SIGKILL after C{timeout}; returns the exit status.
+        """
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return process.returncode
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def procCpuSeconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # utime and stime are fields 14 and 15 of stat(5); 3 is the first here.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def procRssBytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for {pid}")
+
+
+def clientCommand(
+    python: str,
+    port: int,
+    connections: int,
+    duration: float,
+    payloadSize: int | None,
+    window: int | None = None,
+    rate: float | None = None,
+) -> list[str]:
+    command = [
+        python, "-m", "tcpdemo.client",
+        "--port", f"tcp:{LOOPBACK}:{port}",
+        "--connections", str(connections),
+        "--duration", f"{duration:g}",
+        "--connect-timeout", "60",
+        "--drain-timeout", "30",
+        "--json", "--quiet",
+    ]
+    if payloadSize is not None:
+        command += ["--payload-size", str(payloadSize)]
+    if rate is not None:
+        command += ["--rate", f"{rate:g}"]
+    else:
+        command += ["--window", str(window or 0)]
+    return command
+
+
+class Client:
+    """
+    One run of C{tcpdemo-client}, in the background; C{result()} waits for
+    its JSON report.
+    """
+
+    def __init__(self, command: list[str], cpu: int | None, timeout: float) -> None:
+        self.command = command
+        self.timeout = timeout
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT)
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            pinned(command, cpu),
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=str(ROOT),
+        )
+
+    def result(self) -> dict[str, Any]:
+        try:
+            out, _ = self.process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise BenchError(f"client did not finish within {self.timeout}s") from None
+        self._stderr.seek(0)
+        err = self._stderr.read().decode(errors="replace")
+        self._stderr.close()
+        try:
+            report: dict[str, Any] = json.loads(out)
+        except ValueError:
+            raise BenchError(
+                f"client exited {self.process.returncode} without a report:\n"
+                f"{out.decode(errors='replace')[-2000:]}\n{err[-2000:]}"
+            ) from None
+        report["exit_status"] = self.process.returncode
+        report["stderr"] = err[-2000:]
+        return report
+
+
+def interpreterVersion(python: str) -> str:
+    return subprocess.run(
+        [python, "-c", "import platform, sys; "
+         "print(platform.python_implementation(), platform.python_version(), "
+         "sys.version.split('[')[-1].rstrip(']') if 'PyPy' in sys.version else '')"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def isPyPy(python: str) -> bool:
+    return interpreterVersion(python).startswith("PyPy")
+
+
+def currentPython() -> str:
+    return sys.executable

@@ -1,0 +1,30 @@
+# HISTORICAL STEP SERVER -- NOT THE PRODUCT (see benchmarks/steps.py).
+#
+# The product's service, built by tcpdemo.service.makeService from the same
+# options as `twistd tcpdemo`, with its protocol class swapped for one step
+# of BENCHMARKS.md:
+#
+#   TCPDEMO_STEP=step0 TCPDEMO_STEP_ARGS="--port tcp:0:interface=127.0.0.1" \
+#       twistd -n --pidfile= -y benchmarks/step_app.tac
+import os
+import shlex
+import sys
+
+from twisted.application.service import Application
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks.steps import STEPS  # noqa: E402
+from tcpdemo.service import Options, makeService  # noqa: E402
+
+_step = os.environ.get("TCPDEMO_STEP", "")
+if _step not in STEPS:
+    raise SystemExit(f"TCPDEMO_STEP must be one of {', '.join(STEPS)}, not {_step!r}")
+_options = Options()
+_options.parseOptions(shlex.split(os.environ.get("TCPDEMO_STEP_ARGS", "")))
+_service = makeService(_options)
+_service.factory.protocol = STEPS[_step]
+application = Application(f"tcpdemo-{_step}")
+_service.setServiceParent(application)

@@ -1,0 +1,243 @@
+"""
+HISTORICAL STEPS OF THE OPTIMISATION RECORD -- NOT THE PRODUCT.
+
+Each class below is the server protocol as it stood at one step of
+BENCHMARKS.md, kept so that the benchmark can run every step as a real
+C{twistd} server process (see C{step_app.tac}) and measure them side by side
+with the product.  The product is L{tcpdemo.protocol.TcpDemoServerProtocol};
+it is the last step ("final": since 59f54f1 a bulk scan of each read's run of
+Submits, C{scanSubmits}), and is run as C{twistd -n tcpdemo} itself.
+
+The steps subclass the product's protocol, so that connection handling, Conn,
+bad input, backpressure and drain stay the product's; each overrides only the
+path of a Submit and its ack.  They also pin the frame parse loop as it was
+(L{HistoricalFrameLoop}), so that later work on C{tcpdemo.frame} does not
+leak into them.
+
+  - step0 "naive": C{stringReceived} -> C{packet.decode} -> an attrs
+    C{Submit} -> C{packet.encode(SubmitAck)} -> C{sendString}, so one
+    C{transport.write} per ack, and C{req_recv.inc()}, C{rsp_send.inc()} per
+    message, as the seed article's first version does.
+  - step1 "batched writes": the same decode/encode through attrs, but the
+    acks of one read are collected and written once, in C{endOfRead}.
+  - step2 "counters per read": as step1, counters moved once per read by n.
+  - step3 "ids fast path": commit 4f851ad's C{tcpdemo/protocol.py}: a
+    well-formed Submit is reduced to its 8-byte id in C{stringReceived}, and
+    the acks of a read are built with one join.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tcpdemo.frame import HEADER_SIZE, LENGTH, MIN_FRAME_LENGTH, FrameReceiver, frame
+from tcpdemo.packet import (
+    ID_SIZE,
+    RESULT_OK,
+    SUBMIT,
+    ProtocolError,
+    Submit,
+    SubmitAck,
+    decode,
+    encode,
+)
+from tcpdemo.protocol import TcpDemoServerProtocol
+
+#: Commit 4f851ad's ack encoding: the 14 bytes of a SubmitAck but its id.
+_ACK_HEAD = frame(encode(SubmitAck(b"\0" * ID_SIZE)))[: -ID_SIZE - 1]
+_ACK_OK_TAIL = bytes((RESULT_OK,))
+_ACK_SEPARATOR = _ACK_OK_TAIL + _ACK_HEAD
+
+
+class HistoricalFrameLoop(TcpDemoServerProtocol):
+    """
+    The receiving path of commits 97bb614..4f851ad, pinned: count the bytes,
+    then the per-frame parse loop of C{FrameReceiver.dataReceived}, which
+    calls C{stringReceived} once per frame and C{endOfRead} once per read.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if data:
+            self.factory.metrics.bytes_received.inc(len(data))
+            if self.timeOut is not None:
+                self.resetTimeout()
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        transport: Any = self.transport
+        if transport is not None and transport.disconnecting:
+            self._unprocessed = b""
+            self.endOfRead()
+            return
+        buffered = self._unprocessed
+        alldata = buffered + data if buffered else data
+        offset = 0
+        size = len(alldata)
+        maxLength = self.MAX_LENGTH
+        unpack_from = LENGTH.unpack_from
+        while size - offset >= HEADER_SIZE and not self.paused:
+            if transport is not None and transport.disconnecting:
+                break
+            (length,) = unpack_from(alldata, offset)
+            if length < MIN_FRAME_LENGTH or length > maxLength:
+                self._unprocessed = b""
+                self.badLengthReceived(length)
+                self.endOfRead()
+                return
+            end = offset + length
+            if end > size:
+                break
+            self.stringReceived(alldata[offset + HEADER_SIZE : end])
+            offset = end
+        self._unprocessed = alldata[offset:] if offset else alldata
+        self.endOfRead()
+
+    # Sending, as of 4f851ad: the ids of a read become one join, the
+    # queued output one write, the counters move once per read.
+
+    def _moveIdsToOut(self) -> None:
+        ids = self._ids
+        if ids:
+            self._out.append(_ACK_HEAD + _ACK_SEPARATOR.join(ids) + _ACK_OK_TAIL)
+            metrics = self.factory.metrics
+            metrics.req_recv.inc(len(ids))
+            metrics.rsp_send.inc(len(ids))
+            self._ids = []
+
+    def endOfRead(self) -> None:
+        if self._ids:
+            self._moveIdsToOut()
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self.transport.write(data)
+            self.factory.metrics.bytes_sent.inc(len(data))
+        if self._closing and not self._closed:
+            self._closeNow()
+
+    def _closeNow(self) -> None:
+        # Closing is the product's business, not part of the record: use
+        # its current way (a lingering close since 59f54f1) when it has one.
+        finish = getattr(super(), "_finish", None)
+        if finish is not None:
+            finish()
+            return
+        self._closed = True
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def drain(self) -> None:
+        if self._closing:
+            return
+        self.transport.pauseProducing()
+        self.paused = False
+        self._parse(b"")
+        self._close()
+        self.endOfRead()
+
+
+class Step0Naive(HistoricalFrameLoop):
+    """
+    step0 "naive": decode to an attrs Submit, encode an attrs SubmitAck,
+    write it at once; two counter increments per message.  C{endOfRead} has
+    nothing to do for Submits (it only flushes a ConnAck or a close).
+    """
+
+    def stringReceived(self, string: bytes) -> None:
+        try:
+            packet = decode(string)
+        except ProtocolError as error:
+            self.protocolError(error)
+            return
+        if isinstance(packet, Submit) and self._authenticated:
+            self.factory.metrics.req_recv.inc()
+            self.sendString(encode(SubmitAck(packet.id, RESULT_OK)))
+            self.factory.metrics.rsp_send.inc()
+        else:
+            # Conn, or a refusal: the product's handling, its reply written
+            # at once so that it keeps its place among the acks.
+            self._otherPacket(string)
+            out = self._out
+            if out:
+                self._out = []
+                self.transport.write(b"".join(out))
+
+
+class Step1BatchedWrites(HistoricalFrameLoop):
+    """
+    step1 "batched writes": the same attrs decode/encode per message, but
+    the acks of a read go out in one C{transport.write} from C{endOfRead};
+    counters still per message.
+    """
+
+    def stringReceived(self, string: bytes) -> None:
+        try:
+            packet = decode(string)
+        except ProtocolError as error:
+            self.protocolError(error)
+            return
+        if isinstance(packet, Submit) and self._authenticated:
+            self.factory.metrics.req_recv.inc()
+            self._out.append(frame(encode(SubmitAck(packet.id, RESULT_OK))))
+            self.factory.metrics.rsp_send.inc()
+        else:
+            # Conn or a refusal; a ConnAck joins _out in its place.
+            self._otherPacket(string)
+
+
+class Step2CountersPerRead(Step1BatchedWrites):
+    """
+    step2 "counters per read": as step1, but the two counters move once per
+    read, by the number of acks it earned.
+    """
+
+    _acked = 0
+
+    def stringReceived(self, string: bytes) -> None:
+        try:
+            packet = decode(string)
+        except ProtocolError as error:
+            self.protocolError(error)
+            return
+        if isinstance(packet, Submit) and self._authenticated:
+            self._out.append(frame(encode(SubmitAck(packet.id, RESULT_OK))))
+            self._acked += 1
+        else:
+            self._otherPacket(string)
+
+    def endOfRead(self) -> None:
+        n = self._acked
+        if n:
+            self._acked = 0
+            metrics = self.factory.metrics
+            metrics.req_recv.inc(n)
+            metrics.rsp_send.inc(n)
+        super().endOfRead()
+
+
+class Step3IdsFastPath(HistoricalFrameLoop):
+    """
+    step3 "ids fast path", as in commit 4f851ad: a well-formed Submit is
+    kept as its 8-byte id only; everything else is decoded fully.  The acks
+    of a read are one join, written once, counters moved once per read.
+    """
+
+    def stringReceived(self, string: bytes) -> None:
+        if string[0] == SUBMIT and len(string) > ID_SIZE and self._authenticated:
+            self._ids.append(string[1 : ID_SIZE + 1])
+        else:
+            self._otherPacket(string)
+
+
+#: Step name -> protocol class, in the order of the record.
+STEPS: dict[str, type[FrameReceiver]] = {
+    "step0": Step0Naive,
+    "step1": Step1BatchedWrites,
+    "step2": Step2CountersPerRead,
+    "step3": Step3IdsFastPath,
+}
+
+__all__: list[str] = ["STEPS"] + [cls.__name__ for cls in STEPS.values()]

@@ -1,0 +1,76 @@
+"""
+A quick correctness check of every server the benchmark runs (the steps,
+the product, the peers): the test vectors of PROTOCOL.md over a real socket,
+a frame split byte by byte, a Conn, and an unknown command that must close
+the connection after the acks owed.  Used by C{--smoke}, so that the steps
+and the peers cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from benchmarks.servers import LOOPBACK, BenchError, Server
+
+
+def _h(text: str) -> bytes:
+    return bytes.fromhex(text.replace(" ", ""))
+
+
+#: What the client writes, one element per write.
+WRITES: list[bytes] = [
+    # PROTOCOL.md: Submit id "00000001", payload "hello".
+    _h("00000012 02 3030303030303031 68656c6c6f"),
+    # Empty payload, id "00000002".
+    _h("0000000d 02 3030303030303032"),
+    # Two Submits in one write, ids 3 and 4.
+    _h("0000000e 02 3030303030303033 61  0000000f 02 3030303030303034 6262"),
+] + [
+    # id 5, one byte per write.
+    bytes((b,)) for b in _h("00000011 02 3030303030303035 7a7a7a7a")
+] + [
+    # Conn (empty body), then id 6 and an unknown command 0x07 in one write.
+    _h("00000005 01") + _h("0000000d 02 3030303030303036") + _h("00000006 07 00"),
+]
+
+#: What the server must answer, then close.
+EXPECTED: bytes = b"".join(
+    _h("0000000e 81") + f"{n:08d}".encode() + b"\x00" for n in range(1, 6)
+) + _h("00000006 80 00") + _h("0000000e 81 3030303030303036 00")
+
+
+def check(server: Server, timeout: float = 10.0) -> None:
+    """
+    Raise L{BenchError} unless C{server} answers L{WRITES} with
+    L{EXPECTED} and then closes the connection.
+    """
+    assert server.port is not None
+    with socket.create_connection((LOOPBACK, server.port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for data in WRITES:
+            sock.sendall(data)
+            # Let single bytes arrive as separate reads.
+            if len(data) == 1:
+                time.sleep(0.002)
+        received = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            except socket.timeout:
+                raise BenchError(
+                    f"{server.kind}: connection not closed after an unknown command; "
+                    f"received {received.hex()}"
+                ) from None
+            if not chunk:
+                break
+            received += chunk
+        else:
+            raise BenchError(f"{server.kind}: connection not closed after an unknown command")
+    if received != EXPECTED:
+        raise BenchError(
+            f"{server.kind}: answered {received.hex()} instead of {EXPECTED.hex()}"
+        )
