@@ -5,14 +5,29 @@ from the server's own reactor.
 Collectors live in a registry that the caller chooses, so tests can build a
 fresh one per test; the server uses prometheus_client's default registry,
 which also carries the process and platform collectors.
+
+With C{--workers N} (N > 1) each worker process writes its collectors to
+prometheus_client's multiprocess files, with a C{worker} label on the
+L{PER_WORKER} ones, and the parent serves them all from one C{/metrics}
+(L{workersRegistry}): every metric under its usual name and labels, summed
+over the workers, plus a C{tcpdemo_worker_*} copy of the L{PER_WORKER} ones
+by worker, and the C{process_*} metrics summed over the parent and the
+workers.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+import resource
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Callable, TypeVar
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, PlatformCollector
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.process_collector import ProcessCollector
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -26,6 +41,24 @@ PROTOCOL_ERROR_REASONS = (
     "malformed_packet",
     "auth_failed",
 )
+
+#: The L{ServerMetrics} fields that carry a C{worker} label in a worker
+#: process, so that the parent can show how the load spreads.
+PER_WORKER = (
+    "client_connected",
+    "connections",
+    "req_recv",
+    "rsp_send",
+    "bytes_received",
+    "bytes_sent",
+)
+
+#: The label, and the prefix of the per-worker copies the parent serves.
+WORKER_LABEL = "worker"
+WORKER_PREFIX = "tcpdemo_worker_"
+
+
+_M = TypeVar("_M", Counter, Gauge)
 
 
 @attrs.define
@@ -48,13 +81,23 @@ class ServerMetrics:
     idle_timeouts: Counter
 
     @classmethod
-    def create(cls, registry: Optional[CollectorRegistry] = None) -> ServerMetrics:
+    def create(
+        cls, registry: CollectorRegistry | None = None, worker: str | None = None
+    ) -> ServerMetrics:
         """
         Create the collectors in C{registry}, by default a new, empty one.
+
+        In a worker process (C{worker} is its number) the L{PER_WORKER}
+        collectors get a C{worker} label, already bound: callers see the same
+        C{inc}/C{dec} interface either way.
         """
         if registry is None:
             registry = CollectorRegistry()
         r = registry
+        workerLabels: Sequence[str] = () if worker is None else (WORKER_LABEL,)
+
+        def bound(metric: _M) -> _M:
+            return metric if worker is None else metric.labels(worker)
         protocol_errors = Counter(
             "tcpdemo_protocol_errors",
             "Connections closed for bad input, by reason.",
@@ -65,36 +108,50 @@ class ServerMetrics:
             protocol_errors.labels(reason)
         return cls(
             registry=r,
-            client_connected=Gauge(
-                "tcpdemo_client_connected",
-                "Client connections currently open.",
-                registry=r,
-                multiprocess_mode="livesum",
+            client_connected=bound(
+                Gauge(
+                    "tcpdemo_client_connected",
+                    "Client connections currently open.",
+                    workerLabels,
+                    registry=r,
+                    multiprocess_mode="livesum",
+                )
             ),
-            connections=Counter(
-                "tcpdemo_connections", "Client connections accepted.", registry=r
+            connections=bound(
+                Counter(
+                    "tcpdemo_connections",
+                    "Client connections accepted.",
+                    workerLabels,
+                    registry=r,
+                )
             ),
             connections_refused=Counter(
                 "tcpdemo_connections_refused",
                 "Client connections refused because --max-connections were open.",
                 registry=r,
             ),
-            req_recv=Counter(
-                "tcpdemo_req_recv", "Submit packets decoded.", registry=r
+            req_recv=bound(
+                Counter("tcpdemo_req_recv", "Submit packets decoded.", workerLabels, registry=r)
             ),
-            rsp_send=Counter(
-                "tcpdemo_rsp_send", "SubmitAck packets sent.", registry=r
+            rsp_send=bound(
+                Counter("tcpdemo_rsp_send", "SubmitAck packets sent.", workerLabels, registry=r)
             ),
             protocol_errors=protocol_errors,
-            bytes_received=Counter(
-                "tcpdemo_bytes_received",
-                "Bytes read from client connections.",
-                registry=r,
+            bytes_received=bound(
+                Counter(
+                    "tcpdemo_bytes_received",
+                    "Bytes read from client connections.",
+                    workerLabels,
+                    registry=r,
+                )
             ),
-            bytes_sent=Counter(
-                "tcpdemo_bytes_sent",
-                "Bytes written to client connections.",
-                registry=r,
+            bytes_sent=bound(
+                Counter(
+                    "tcpdemo_bytes_sent",
+                    "Bytes written to client connections.",
+                    workerLabels,
+                    registry=r,
+                )
             ),
             backpressure_pauses=Counter(
                 "tcpdemo_backpressure_pauses",
@@ -125,3 +182,187 @@ def metricsSite(registry: CollectorRegistry) -> Site:
     # No access-log line per scrape: one every few seconds is noise.
     site.log = lambda request: None  # type: ignore[method-assign]
     return site
+
+
+def _perWorkerName(name: str, family: str) -> str:
+    """
+    C{tcpdemo_req_recv_total} of family C{tcpdemo_req_recv} becomes
+    C{tcpdemo_worker_req_recv_total}.
+    """
+    base = WORKER_PREFIX + family[len("tcpdemo_") :]
+    return base + name[len(family) :]
+
+
+def _splitByWorker(family: Metric) -> list[Metric]:
+    """
+    A family with a C{worker} label as two: the total under its own name
+    and labels (what dashboards and alerts query), and the per-worker
+    breakdown under a C{tcpdemo_worker_} name.
+    """
+    total = Metric(family.name, family.documentation, family.type)
+    sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in family.samples:
+        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != WORKER_LABEL))
+        key = (sample.name, labels)
+        sums[key] = sums.get(key, 0.0) + sample.value
+    for (name, labels), value in sums.items():
+        total.add_sample(name, dict(labels), value)
+    perWorker = Metric(
+        _perWorkerName(family.name, family.name),
+        f"{family.documentation} By worker process (--workers).",
+        family.type,
+    )
+
+    def order(sample: object) -> tuple[int, str]:
+        worker = getattr(sample, "labels", {}).get(WORKER_LABEL, "")
+        return (int(worker) if worker.isdigit() else 0, worker)
+
+    for sample in sorted(family.samples, key=order):
+        perWorker.add_sample(
+            _perWorkerName(sample.name, family.name), dict(sample.labels), sample.value
+        )
+    return [total, perWorker]
+
+
+class WorkerFilesCollector:
+    """
+    What the worker processes wrote to their multiprocess files, merged by
+    prometheus_client's C{MultiProcessCollector}: counters summed over every
+    process that ever ran (a restarted worker's counts are kept), gauges per
+    their C{multiprocess_mode}.  L{PER_WORKER} families are split by
+    L{_splitByWorker}.
+    """
+
+    def __init__(self, path: Callable[[], str | None]) -> None:
+        self._path = path
+
+    def collect(self) -> Iterable[Metric]:
+        path = self._path()
+        if path is None or not os.path.isdir(path):
+            return []
+        result: list[Metric] = []
+        for family in MultiProcessCollector(None, path).collect():
+            if any(WORKER_LABEL in sample.labels for sample in family.samples):
+                result.extend(_splitByWorker(family))
+            else:
+                result.append(family)
+        return result
+
+
+def _processSamples(pid: object) -> dict[str, float]:
+    """
+    prometheus_client's C{process_*} samples of one process (C{"self"} or a
+    pid), by name; empty if it is gone or there is no C{/proc}.
+    """
+    collector = ProcessCollector(pid=lambda: pid, registry=None)  # type: ignore[arg-type,return-value]
+    return {s.name: s.value for family in collector.collect() for s in family.samples}
+
+
+class ProcessTreeCollector:
+    """
+    The C{process_*} metrics of the parent and its workers, under the names
+    a single process exports, so that CPU, memory and file descriptor
+    panels keep meaning "this instance":
+
+      - C{process_cpu_seconds_total}: the parent, the live workers and every
+        worker that exited (the parent's C{RUSAGE_CHILDREN}); never
+        decreasing, even across a worker's death.
+      - C{process_resident_memory_bytes}, C{process_virtual_memory_bytes},
+        C{process_open_fds}: summed over the parent and the live workers.
+      - C{process_max_fds}, C{process_start_time_seconds}: the parent's
+        (the workers inherit its limit).
+
+    Plus C{tcpdemo_worker_cpu_seconds_total} and
+    C{tcpdemo_worker_resident_memory_bytes} by worker (the CPU counter
+    starts again from 0 when a worker is replaced).
+
+    It runs in a scrape thread: C{workers} must return a snapshot.
+    """
+
+    def __init__(self, workers: Callable[[], Sequence[tuple[str, int]]]) -> None:
+        self._workers = workers
+        self._lock = threading.Lock()
+        self._cpu = 0.0
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        workers = [(worker, _processSamples(pid)) for worker, pid in self._workers()]
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        parent = _processSamples("self")
+        result: list[Metric] = []
+        if not parent:
+            return result
+        every = [parent] + [samples for _, samples in workers]
+
+        def summed(name: str) -> float:
+            return sum(samples.get(name, 0.0) for samples in every)
+
+        cpu = summed("process_cpu_seconds_total") + children.ru_utime + children.ru_stime
+        with self._lock:
+            # A worker reaped between the reads above is counted in neither
+            # or in both: never let the counter go backwards.
+            cpu = self._cpu = max(self._cpu, cpu)
+        result.append(
+            CounterMetricFamily(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds, by the parent "
+                "and every worker process, live or exited.",
+                value=cpu,
+            )
+        )
+        for name, text in (
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes"),
+            ("process_resident_memory_bytes", "Resident memory size in bytes"),
+            ("process_open_fds", "Number of open file descriptors"),
+        ):
+            if name in parent:
+                result.append(
+                    GaugeMetricFamily(
+                        name, f"{text}, summed over the parent and its workers.", summed(name)
+                    )
+                )
+        for name, text in (
+            ("process_max_fds", "Maximum number of open file descriptors (per process)."),
+            (
+                "process_start_time_seconds",
+                "Start time of the parent process since unix epoch in seconds.",
+            ),
+        ):
+            if name in parent:
+                result.append(GaugeMetricFamily(name, text, parent[name]))
+        workerCpu = CounterMetricFamily(
+            WORKER_PREFIX + "cpu_seconds",
+            "CPU time of each worker process in seconds (from 0 again when it is replaced).",
+            labels=[WORKER_LABEL],
+        )
+        workerRss = GaugeMetricFamily(
+            WORKER_PREFIX + "resident_memory_bytes",
+            "Resident memory size of each worker process in bytes.",
+            labels=[WORKER_LABEL],
+        )
+        for worker, samples in workers:
+            if samples:
+                workerCpu.add_metric([worker], samples.get("process_cpu_seconds_total", 0.0))
+                workerRss.add_metric([worker], samples.get("process_resident_memory_bytes", 0.0))
+        result.extend([workerCpu, workerRss])
+        return result
+
+
+def workersRegistry(
+    path: Callable[[], str | None],
+    workers: Callable[[], Sequence[tuple[str, int]]],
+    registry: CollectorRegistry | None = None,
+) -> CollectorRegistry:
+    """
+    The parent's registry with C{--workers N}: the workers' multiprocess
+    files in C{path()}, the process tree of C{workers()} (pairs of worker
+    number and pid), and C{python_info}.  Not prometheus_client's global
+    registry, whose process collector would only see the parent.
+    """
+    if registry is None:
+        registry = CollectorRegistry()
+    registry.register(WorkerFilesCollector(path))
+    registry.register(ProcessTreeCollector(workers))
+    PlatformCollector(registry=registry)
+    return registry

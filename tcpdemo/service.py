@@ -4,9 +4,11 @@ The server as a Twisted service: command-line options and C{makeService}.
 
 from __future__ import annotations
 
+import os
 import re
 import resource
-from typing import Any, List, Optional
+import socket
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from twisted.application.service import MultiService, Service
@@ -63,7 +65,27 @@ def _frameLength(value: str) -> int:
     return number
 
 
-def _endpointOrNone(value: str) -> Optional[str]:
+def _workers(value: str) -> int:
+    if value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return _positiveInt(value)
+
+
+#: --worker-sockets values.
+WORKER_SOCKETS = ("reuseport", "shared")
+
+
+def _workerSockets(value: str) -> str:
+    if value not in WORKER_SOCKETS:
+        raise ValueError(f"must be one of {', '.join(WORKER_SOCKETS)}, not {value}")
+    return value
+
+
+#: Endpoint types the parent can listen on for --workers N > 1.
+WORKER_ENDPOINT_TYPES = ("tcp", "tcp6")
+
+
+def _endpointOrNone(value: str) -> str | None:
     return None if value.lower() in ("", "none", "off") else value
 
 
@@ -79,7 +101,7 @@ class Options(usage.Options):
         "served from the same reactor."
     )
 
-    optParameters: List[List[Any]] = [
+    optParameters: list[list[Any]] = [
         ["port", "p", DEFAULT_PORT, "Endpoint to serve the protocol on."],
         [
             "metrics",
@@ -148,6 +170,26 @@ class Options(usage.Options):
             "If set, a connection must first send a Conn carrying this file's "
             "contents (surrounding whitespace stripped) before any Submit.",
         ],
+        [
+            "workers",
+            None,
+            1,
+            "Worker processes serving --port, or 'auto' for one per CPU. With more "
+            "than 1, this process listens (tcp: and tcp6: endpoints only), runs the "
+            "workers on its sockets, restarts any that dies, and serves their "
+            "summed metrics; --max-connections then applies to each worker.",
+            _workers,
+        ],
+        [
+            "worker-sockets",
+            None,
+            "reuseport",
+            "With --workers: 'reuseport' gives each worker its own SO_REUSEPORT "
+            "socket, so that the kernel spreads connections evenly (Linux; elsewhere "
+            "'shared' is used); 'shared' gives all workers one socket, where a burst "
+            "of connects may go mostly to one worker.",
+            _workerSockets,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -171,6 +213,17 @@ class Options(usage.Options):
             if not token:
                 raise usage.UsageError(f"--auth-token-file: {path} is empty")
             self["auth-token"] = token
+        if self["workers"] > 1:
+            kind = self["port"].split(":", 1)[0].lower()
+            if kind not in WORKER_ENDPOINT_TYPES:
+                raise usage.UsageError(
+                    f"--workers {self['workers']} needs a tcp: or tcp6: --port (the "
+                    f"workers share one listening socket), not {self['port']!r}"
+                )
+            if self["debug"] is not None:
+                raise usage.UsageError(
+                    "--debug profiles one process: use it with --workers 1"
+                )
 
 
 class ListenerService(Service):
@@ -180,12 +233,12 @@ class ListenerService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: Factory, what: str):
+    def __init__(self, reactor: Any, description: str, factory: Factory[Any], what: str):
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.what = what
-        self.port: Optional[IListeningPort] = None
+        self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         # Listen before privileges are dropped, and fail loudly: twistd must
@@ -200,7 +253,7 @@ class ListenerService(Service):
 
     def _listen(self) -> None:
         endpoint = serverFromString(self.reactor, self.description)
-        outcome: List[Any] = []
+        outcome: list[Any] = []
         endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
             raise RuntimeError(f"{self.description}: listen() did not complete at once")
@@ -226,6 +279,37 @@ class ListenerService(Service):
         return None
 
 
+class AdoptedListenerService(ListenerService):
+    """
+    Serve on a listening socket inherited as file descriptor C{fd} (a
+    worker's, from the parent with C{--workers N}), with
+    C{reactor.adoptStreamPort}.  The descriptor is closed once adopted (the
+    port has its own duplicate).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int,
+        family: socket.AddressFamily,
+        factory: Factory[Any],
+        what: str,
+    ):
+        ListenerService.__init__(self, reactor, f"fd:{fd}", factory, what)
+        self.fd = fd
+        self.family = family
+
+    def _listen(self) -> None:
+        self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
+        os.close(self.fd)
+        self.log.info(
+            "{what} accepting on {address} (the parent's socket, fd {fd})",
+            what=self.what,
+            address=self.address(),
+            fd=self.fd,
+        )
+
+
 class TcpDemoService(MultiService):
     """
     The protocol listener and, optionally, the metrics listener.  Stopping
@@ -238,21 +322,28 @@ class TcpDemoService(MultiService):
         self,
         reactor: Any,
         factory: TcpDemoServerFactory,
-        port: str,
-        metrics: Optional[str],
+        port: str | None,
+        metrics: str | None,
         backlog: int = DEFAULT_BACKLOG,
         gracePeriod: float = DEFAULT_GRACE_PERIOD,
-        debug: Optional[str] = None,
+        debug: str | None = None,
+        listener: ListenerService | None = None,
     ):
         MultiService.__init__(self)
         self.reactor = reactor
         self.factory = factory
         self.gracePeriod = gracePeriod
-        self.server = ListenerService(
-            reactor, withBacklog(port, backlog), factory, "tcpdemo server"
-        )
+        #: After a stop: whether every owed ack was delivered in time.
+        self.drainedCleanly: bool | None = None
+        if listener is None:
+            if port is None:
+                raise ValueError("a port or a listener is needed")
+            listener = ListenerService(
+                reactor, withBacklog(port, backlog), factory, "tcpdemo server"
+            )
+        self.server = listener
         self.server.setServiceParent(self)
-        self.metricsListener: Optional[ListenerService] = None
+        self.metricsListener: ListenerService | None = None
         if metrics is not None:
             self.metricsListener = ListenerService(
                 reactor,
@@ -261,7 +352,7 @@ class TcpDemoService(MultiService):
                 "tcpdemo metrics (/metrics)",
             )
             self.metricsListener.setServiceParent(self)
-        self.debugListener: Optional[ListenerService] = None
+        self.debugListener: ListenerService | None = None
         if debug is not None:
             from tcpdemo.debug import debugSite
 
@@ -285,6 +376,7 @@ class TcpDemoService(MultiService):
         yield drained
         if timer.active():
             timer.cancel()
+        self.drainedCleanly = not timedOut
         if timedOut:
             self.log.warn(
                 "grace period of {seconds}s ran out: closed remaining connections hard",
@@ -316,30 +408,29 @@ def raiseFileLimit() -> int:
     return soft
 
 
-def makeService(
+def buildFactory(
     options: Options,
-    reactor: Any = None,
-    registry: Optional[CollectorRegistry] = None,
-) -> TcpDemoService:
+    reactor: Any,
+    registry: CollectorRegistry,
+    worker: str | None = None,
+) -> TcpDemoServerFactory:
     """
-    Build the server from parsed options.  The default registry is
-    prometheus_client's global one, which carries the process collectors.
+    The protocol factory and its metrics, from parsed options; C{worker} is
+    the worker number in a C{--workers} worker process.
     """
-    if reactor is None:
-        from twisted.internet import reactor
-    if registry is None:
-        registry = REGISTRY
-    raiseFileLimit()
-    metrics = ServerMetrics.create(registry)
+    metrics = ServerMetrics.create(registry, worker=worker)
     maxConnections = options["max-connections"] or None
     Gauge(
         "tcpdemo_max_connections",
         "The --max-connections limit (0: none).",
         registry=registry,
-        multiprocess_mode="max",
+        # Each worker applies the limit to its own connections: the parent
+        # shows their sum, the instance's capacity, to compare with the
+        # summed tcpdemo_client_connected.
+        multiprocess_mode="livesum",
     ).set(maxConnections or 0)
     idle = options["idle-timeout"] or None
-    factory = TcpDemoServerFactory(
+    return TcpDemoServerFactory(
         metrics=metrics,
         maxFrameLength=options["max-frame-length"],
         maxConnections=maxConnections,
@@ -348,6 +439,31 @@ def makeService(
         authToken=options["auth-token"],
         reactor=reactor,
     )
+
+
+def makeService(
+    options: Options,
+    reactor: Any = None,
+    registry: CollectorRegistry | None = None,
+) -> TcpDemoService | MultiService:
+    """
+    Build the server from parsed options.  The default registry is
+    prometheus_client's global one, which carries the process collectors.
+
+    With C{--workers N} (N > 1) this is the parent of N worker processes
+    (L{tcpdemo.workers.WorkerSupervisor}); C{registry}, by default a new
+    one, then gets the collectors of the workers' metrics.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    raiseFileLimit()
+    if options["workers"] > 1:
+        from tcpdemo.workers import WorkerSupervisor
+
+        return WorkerSupervisor(reactor, options, registry)
+    if registry is None:
+        registry = REGISTRY
+    factory = buildFactory(options, reactor, registry)
     return TcpDemoService(
         reactor,
         factory,

@@ -220,3 +220,82 @@ def metric(samples: Dict[str, float], name: str, default: Optional[float] = None
     if default is not None:
         return default
     raise AssertionError(f"{name} not in /metrics: {sorted(samples)}")
+
+
+# --workers and scale-out helpers (tests/test_workers.py, tests/test_haproxy.py)
+
+
+def workerPids(log: str) -> dict[int, int]:
+    """
+    The latest pid of each worker, from the parent's log lines
+    C{worker N started, pid P} and C{worker N restarted, pid P}.
+    """
+    pids: dict[int, int] = {}
+    for match in re.finditer(r"worker (\d+) (?:started|restarted), pid (\d+)", log):
+        pids[int(match.group(1))] = int(match.group(2))
+    return pids
+
+
+def waitForWorkers(server: TwistdServer, count: int, timeout: float = 60.0) -> dict[int, int]:
+    """
+    Wait until C{count} workers of C{server} have logged that they accept;
+    return their pids.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = server.log()
+        ready = set(re.findall(r"worker (\d+): tcpdemo worker accepting on", log))
+        if len(ready) >= count:
+            return workerPids(log)
+        if server.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{count} workers never accepted; log:\n{server.log()}")
+
+
+def perWorker(samples: dict[str, float], name: str) -> dict[int, float]:
+    """
+    The C{tcpdemo_worker_*} samples of C{name} by worker number, e.g.
+    C{perWorker(samples, "tcpdemo_worker_req_recv_total")}.
+    """
+    values: dict[int, float] = {}
+    for key, value in samples.items():
+        match = re.fullmatch(re.escape(name) + r'\{worker="(\d+)"\}', key)
+        if match:
+            values[int(match.group(1))] = value
+    return values
+
+
+def runLoadClient(port: int, *args: str, timeout: float = 120.0) -> tuple[int, dict[str, object]]:
+    """
+    Run the load client (C{python -m tcpdemo.client}) against loopback
+    C{port} with C{--json}; return its exit status and its JSON report.
+    """
+    import json
+
+    command = [
+        sys.executable,
+        "-m",
+        "tcpdemo.client",
+        "--port",
+        f"tcp:{LOOPBACK}:{port}",
+        "--json",
+        "--quiet",
+        *args,
+    ]
+    result = subprocess.run(
+        command,
+        env=subprocessEnv(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=timeout,
+    )
+    try:
+        report: dict[str, object] = json.loads(result.stdout.decode())
+    except ValueError as e:
+        raise AssertionError(
+            f"{' '.join(command)} exited {result.returncode} without a JSON report:\n"
+            f"stdout:\n{result.stdout.decode(errors='replace')}\n"
+            f"stderr:\n{result.stderr.decode(errors='replace')}"
+        ) from e
+    return result.returncode, report

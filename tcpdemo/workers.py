@@ -1,0 +1,712 @@
+"""
+C{twistd -n tcpdemo --workers N}: one listening socket, N worker processes.
+
+The parent (L{WorkerSupervisor}) listens on C{--port} itself, stops its own
+reactor from accepting on that socket, and starts N workers with
+C{reactor.spawnProcess}, handing each the socket as file descriptor 3.  A
+worker (C{python -m tcpdemo.workers}, L{main}) is a whole tcpdemo server but
+for its listener: C{reactor.adoptStreamPort} on the inherited socket, so all
+workers accept from the same kernel accept queue.
+
+Why one inherited socket rather than one C{SO_REUSEPORT} socket per worker:
+
+  - Nothing queued is lost when a worker dies: connections wait in the one
+    accept queue for any live worker.  With C{SO_REUSEPORT} each socket has
+    its own queue, and the connections in a dead worker's queue are reset.
+  - Nobody else can join: with C{SO_REUSEPORT} any process of the same user
+    can bind the port too and silently take a share of the connections.
+  - It works for every tcp/tcp6 endpoint Twisted parses, port 0 included
+    (the parent binds once, the workers never bind), and on every POSIX
+    system, where C{SO_REUSEPORT} load balancing is Linux-specific.
+  - A slow or stuck worker takes fewer new connections (it is late to
+    C{accept}), where C{SO_REUSEPORT} hashes connections onto it regardless.
+
+The price: every idle worker is woken for each new connection and all but
+one find nothing to accept (a thundering herd, cheap at a few workers), and
+the split is not even: a burst of connects can mostly go to the worker that
+wakes first.  C{tcpdemo_worker_client_connected} shows the split.
+
+The parent supervises: it restarts a worker that dies (after 0.5 s, doubling
+to 30 s for a worker that keeps dying, back to 0.5 s once one has lived
+60 s), logs one line per death and per start, and counts restarts in
+C{tcpdemo_worker_restarts_total}.  On SIGTERM it closes its copy of the
+socket, sends SIGTERM to every worker (each delivers its owed acks within
+C{--grace-period}, as a single-process server does), waits for them, and
+exits 0 if every worker did.  A worker also stops, the same way, when the
+parent goes away (its standard input, a pipe from the parent, closes).
+
+Metrics: the parent makes a private directory for prometheus_client's
+multiprocess mode, passes it to the workers as C{PROMETHEUS_MULTIPROC_DIR}
+(set before their interpreter starts, so before prometheus_client is
+imported), serves C{/metrics} from those files (see L{tcpdemo.metrics}),
+calls C{mark_process_dead} for each dead worker and removes the directory
+when it stops.  Worker log events reach the parent's log as JSON lines on
+the worker's standard output, re-emitted with their level, namespace and
+time, prefixed C{worker N:}.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import IO, Any, Callable, NoReturn
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.multiprocess import mark_process_dead
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, error, fdesc, tcp
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReadDescriptor
+from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventFromJSON,
+    formatEvent,
+    globalLogBeginner,
+    jsonFileLogObserver,
+)
+from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+import tcpdemo
+from tcpdemo.metrics import metricsSite, workersRegistry
+from tcpdemo.service import (
+    AdoptedListenerService,
+    ListenerService,
+    Options,
+    TcpDemoService,
+    buildFactory,
+    withBacklog,
+)
+
+#: Restart backoff: first delay, cap, and how long a worker must have lived
+#: for the next restart to start again from the first delay.
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 30.0
+BACKOFF_RESET = 60.0
+
+#: On stop, seconds past --grace-period before a worker still running is
+#: killed with SIGKILL.
+KILL_MARGIN = 5.0
+
+#: The listening socket's file descriptor in a worker.
+WORKER_FD = 3
+
+#: Server options a worker does not get from the parent: it has no port or
+#: metrics listener of its own and serves no profiling endpoints.
+_PARENT_ONLY = frozenset(("port", "metrics", "debug", "workers", "worker-sockets"))
+
+#: Longest partial line kept from a worker's output before it is logged.
+_MAX_LINE = 65536
+
+_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6}
+
+
+def workerArguments(options: Options) -> list[str]:
+    """
+    The command-line options that give a worker the same configuration as
+    C{options}: every server option but those in L{_PARENT_ONLY}.
+    """
+    arguments = []
+    for parameter in Options.optParameters:
+        name = parameter[0]
+        value = options[name]
+        if name in _PARENT_ONLY or value is None:
+            continue
+        if name == "auth-token-file":
+            # twistd may change directory (--rundir) after parsing options.
+            value = os.path.abspath(value)
+        arguments.append(f"--{name}={value}")
+    return arguments
+
+
+def describeEnd(reason: Failure) -> str:
+    """
+    How a process ended, for a log line.
+    """
+    value = reason.value
+    sig = getattr(value, "signal", None)
+    if sig is not None:
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"was killed by {name}"
+    return f"exited with status {getattr(value, 'exitCode', None)}"
+
+
+@attrs.define(eq=False)
+class _Worker:
+    """
+    One worker slot: its number stays, its process changes on restarts.
+    """
+
+    number: int
+    process: IProcessTransport | None = None
+    pid: int | None = None
+    started: float = 0.0
+    delay: float = INITIAL_BACKOFF
+    restart: IDelayedCall | None = None
+    ended: defer.Deferred[None] | None = None
+
+
+class WorkerProcessProtocol(ProcessProtocol):
+    """
+    The parent's end of one worker process: its output, line by line, and
+    its end.
+    """
+
+    def __init__(self, supervisor: WorkerSupervisor, worker: _Worker) -> None:
+        self.supervisor = supervisor
+        self.worker = worker
+        self._partial = {1: b"", 2: b""}
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD not in self._partial:
+            return
+        *lines, rest = (self._partial[childFD] + data).split(b"\n")
+        if len(rest) > _MAX_LINE:
+            lines.append(rest)
+            rest = b""
+        self._partial[childFD] = rest
+        for line in lines:
+            self.supervisor.workerOutput(self.worker, line, stderr=childFD == 2)
+
+    def processEnded(self, reason: Failure) -> None:
+        for childFD, rest in self._partial.items():
+            if rest:
+                self.supervisor.workerOutput(self.worker, rest, stderr=childFD == 2)
+        self._partial = {1: b"", 2: b""}
+        self.supervisor.workerEnded(self.worker, reason)
+
+
+def reusePortBalances() -> bool:
+    """
+    Whether C{SO_REUSEPORT} spreads connections over the sockets sharing a
+    port: Linux's does (by a hash of the addresses); the BSDs' and macOS's
+    do not.
+    """
+    return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+class _ReusePortTCP(tcp.Port):
+    """
+    A TCP port whose socket has C{SO_REUSEPORT} set before it is bound.
+    """
+
+    def createInternetSocket(self) -> socket.socket:
+        s: socket.socket = tcp.Port.createInternetSocket(self)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return s
+
+
+class _CapturingReactor:
+    """
+    Stands for the reactor in a tcp/tcp6 server endpoint, so that its
+    C{listen} hands the parsed port, backlog and interface to C{listenTCP}.
+    """
+
+    def __init__(self, listenTCP: Callable[..., Any]) -> None:
+        self.listenTCP = listenTCP
+
+
+class WorkerSockets(Service):
+    """
+    The parent's listening sockets, bound and listening but never read by
+    the parent's reactor: the workers accept from them.  With
+    C{reuseport}, one C{SO_REUSEPORT} socket per worker (all bound by the
+    parent, so port 0 works and nobody else's socket is in the group when
+    the parent starts); with C{shared}, one socket for all of them.  The
+    parent holds every socket for its whole life: connections that arrive
+    while a worker is being replaced wait in its socket's queue.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, description: str, count: int, mode: str) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.count = count
+        self.mode = mode
+        self.ports: list[tcp.Port] = []
+        self.factory = Factory()
+        self.factory.noisy = False
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        self._listen()
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if not self.ports:
+            self._listen()
+
+    def _listen(self) -> None:
+        if self.mode == "reuseport" and not reusePortBalances():
+            self.log.warn(
+                "SO_REUSEPORT does not spread connections on {platform}: "
+                "using one shared socket (--worker-sockets shared)",
+                platform=sys.platform,
+            )
+            self.mode = "shared"
+        endpoint = serverFromString(_CapturingReactor(self._listenTCP), self.description)
+        outcome: list[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if isinstance(outcome[0], Failure):
+            for port in self.ports:
+                port.stopListening()
+            self.ports = []
+            outcome[0].raiseException()
+        how = (
+            f"{len(self.ports)} SO_REUSEPORT sockets, one per worker"
+            if self.mode == "reuseport"
+            else f"one socket shared by {self.count} workers"
+        )
+        self.log.info(
+            "tcpdemo server listening on {address} ({how})", address=self.address(), how=how
+        )
+
+    def _listenTCP(
+        self, port: int, factory: Factory[Any], backlog: int = 50, interface: str = ""
+    ) -> tcp.Port:
+        portType = _ReusePortTCP if self.mode == "reuseport" else tcp.Port
+        for _ in range(self.count if self.mode == "reuseport" else 1):
+            listening = portType(port, factory, backlog, interface, self.reactor)
+            listening.startListening()
+            # The workers accept; this process only holds the socket open.
+            listening.stopReading()
+            self.ports.append(listening)
+            # The others join the first one's port (port 0: the one chosen).
+            port = listening.getHost().port
+        return self.ports[0]
+
+    def fileno(self, worker: int) -> int:
+        """
+        The socket of worker number C{worker} (from 1).
+        """
+        return int(self.ports[(worker - 1) % len(self.ports)].fileno())
+
+    def familyName(self) -> str:
+        family = getattr(self.ports[0], "addressFamily", socket.AF_INET)
+        return "INET6" if family == socket.AF_INET6 else "INET"
+
+    def address(self) -> str:
+        host = self.ports[0].getHost()
+        return f"{host.type.lower()}:{host.host}:{host.port}"
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        ports, self.ports = self.ports, []
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+
+
+class WorkerSupervisor(MultiService):
+    """
+    The parent process of C{--workers N}: listens, runs and restarts the
+    workers, serves their metrics, and stops them gracefully.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, reactor: Any, options: Options, registry: CollectorRegistry | None = None
+    ) -> None:
+        MultiService.__init__(self)
+        self.reactor = reactor
+        self.count: int = options["workers"]
+        self.gracePeriod: float = options["grace-period"]
+        self.arguments = workerArguments(options)
+        self.metricsDirectory: str | None = None
+        self.workers = [_Worker(number) for number in range(1, self.count + 1)]
+        self.stopping = False
+        self._pids: tuple[tuple[str, int], ...] = ()
+        self._stopFailures: list[str] = []
+
+        self.server = WorkerSockets(
+            reactor,
+            withBacklog(options["port"], options["backlog"]),
+            self.count,
+            options["worker-sockets"],
+        )
+        self.server.setServiceParent(self)
+
+        self.registry = workersRegistry(
+            lambda: self.metricsDirectory, lambda: self._pids, registry
+        )
+        self.restarts = Counter(
+            "tcpdemo_worker_restarts",
+            "Worker processes started again after one died (--workers).",
+            registry=self.registry,
+        )
+        Gauge(
+            "tcpdemo_workers",
+            "Worker processes configured (--workers).",
+            registry=self.registry,
+        ).set(self.count)
+        self.runningGauge = Gauge(
+            "tcpdemo_workers_running",
+            "Worker processes running now.",
+            registry=self.registry,
+        )
+        self.metricsListener: ListenerService | None = None
+        if options["metrics"] is not None:
+            self.metricsListener = ListenerService(
+                reactor,
+                withBacklog(options["metrics"], options["backlog"]),
+                metricsSite(self.registry),
+                "tcpdemo metrics (/metrics)",
+            )
+            self.metricsListener.setServiceParent(self)
+
+    # Starting
+
+    def privilegedStartService(self) -> None:
+        if self.metricsDirectory is None:
+            self.metricsDirectory = tempfile.mkdtemp(prefix="tcpdemo-metrics-")
+        MultiService.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if self.metricsDirectory is None:
+            self.metricsDirectory = tempfile.mkdtemp(prefix="tcpdemo-metrics-")
+        MultiService.startService(self)
+        self.log.info(
+            "running {count} workers; metrics files in {directory}",
+            count=self.count,
+            directory=self.metricsDirectory,
+        )
+        for worker in self.workers:
+            self._spawn(worker)
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        assert self.metricsDirectory is not None
+        env["PROMETHEUS_MULTIPROC_DIR"] = self.metricsDirectory
+        env.pop("prometheus_multiproc_dir", None)
+        # The workers run this same copy of tcpdemo.
+        root = os.path.dirname(os.path.dirname(os.path.abspath(tcpdemo.__file__)))
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in paths if p != root])
+        return env
+
+    def _spawn(self, worker: _Worker) -> None:
+        worker.restart = None
+        if self.stopping:
+            return
+        args = [
+            sys.executable,
+            "-m",
+            "tcpdemo.workers",
+            f"--fd={WORKER_FD}",
+            f"--family={self.server.familyName()}",
+            f"--worker-id={worker.number}",
+            *self.arguments,
+        ]
+        protocol = WorkerProcessProtocol(self, worker)
+        try:
+            process = self.reactor.spawnProcess(
+                protocol,
+                sys.executable,
+                args,
+                env=self._environment(),
+                path=None,
+                childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: self.server.fileno(worker.number)},
+            )
+        except OSError as e:
+            self.log.error("worker {worker} could not be started: {error}", worker=worker.number,
+                           error=e)
+            worker.started = self.reactor.seconds()
+            self._scheduleRestart(worker)
+            return
+        restarted = worker.pid is not None
+        worker.process = process
+        worker.pid = process.pid
+        worker.started = self.reactor.seconds()
+        worker.ended = defer.Deferred()
+        self._updatePids()
+        if restarted:
+            self.restarts.inc()
+        self.log.info(
+            "worker {worker} {what}, pid {pid}",
+            worker=worker.number,
+            what="restarted" if restarted else "started",
+            pid=worker.pid,
+        )
+
+    def _updatePids(self) -> None:
+        self._pids = tuple(
+            (str(w.number), w.pid) for w in self.workers if w.process is not None and w.pid
+        )
+        self.runningGauge.set(len(self._pids))
+
+    # Running
+
+    def workerOutput(self, worker: _Worker, line: bytes, stderr: bool) -> None:
+        """
+        Log one line of a worker's output: a JSON log event on its standard
+        output is re-emitted as itself; any other line is logged as text.
+        """
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if not text.strip():
+            return
+        if not stderr and text.startswith("{"):
+            try:
+                event = eventFromJSON(text)
+            except (ValueError, KeyError, TypeError):
+                pass
+            else:
+                # Formatted here, with the fields as the worker flattened them.
+                event["tcpdemo_text"] = formatEvent(event)
+                event.pop("log_flattened", None)
+                event["log_format"] = "worker {tcpdemo_worker}: {tcpdemo_text}"
+                event["tcpdemo_worker"] = worker.number
+                self.log.observer(event)
+                return
+        self.log.emit(
+            LogLevel.warn if stderr else LogLevel.info,
+            "worker {worker}: {line}",
+            worker=worker.number,
+            line=text,
+        )
+
+    def workerEnded(self, worker: _Worker, reason: Failure) -> None:
+        pid = worker.pid
+        worker.process = None
+        self._updatePids()
+        if pid is not None and self.metricsDirectory is not None:
+            mark_process_dead(pid, self.metricsDirectory)
+        ended, worker.ended = worker.ended, None
+        if self.stopping:
+            value = reason.value
+            # Killed by SIGTERM: before its handler was installed, so before
+            # it accepted anything; it owed nothing.
+            if not (
+                getattr(value, "exitCode", None) == 0
+                or getattr(value, "signal", None) == signal.SIGTERM
+            ):
+                self._stopFailures.append(f"worker {worker.number} {describeEnd(reason)}")
+            self.log.info(
+                "worker {worker} (pid {pid}) {how}",
+                worker=worker.number,
+                pid=pid,
+                how=describeEnd(reason),
+            )
+        else:
+            lived = self.reactor.seconds() - worker.started
+            if lived >= BACKOFF_RESET:
+                worker.delay = INITIAL_BACKOFF
+            self.log.warn(
+                "worker {worker} (pid {pid}) {how} after {lived:.1f}s; "
+                "starting another in {delay:g}s",
+                worker=worker.number,
+                pid=pid,
+                how=describeEnd(reason),
+                lived=lived,
+                delay=worker.delay,
+            )
+            self._scheduleRestart(worker)
+        if ended is not None:
+            ended.callback(None)
+
+    def _scheduleRestart(self, worker: _Worker) -> None:
+        if self.stopping:
+            return
+        delay = worker.delay
+        worker.delay = min(worker.delay * 2, MAX_BACKOFF)
+        worker.restart = self.reactor.callLater(delay, self._spawn, worker)
+
+    # Stopping
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        self.stopping = True
+        for worker in self.workers:
+            if worker.restart is not None and worker.restart.active():
+                worker.restart.cancel()
+            worker.restart = None
+        # No new connections: the workers stop accepting and close theirs.
+        yield self.server.stopService()
+        waits = []
+        for worker in self.workers:
+            if worker.process is not None and worker.ended is not None:
+                waits.append(worker.ended)
+                try:
+                    worker.process.signalProcess("TERM")
+                except error.ProcessExitedAlready:
+                    pass
+        if waits:
+            self.log.info(
+                "stopping {count} workers: each delivers its owed acks "
+                "within {grace}s",
+                count=len(waits),
+                grace=self.gracePeriod,
+            )
+
+        def tooSlow() -> None:
+            for worker in self.workers:
+                if worker.process is not None:
+                    self.log.warn(
+                        "worker {worker} (pid {pid}) still running {seconds}s after "
+                        "SIGTERM: killing it",
+                        worker=worker.number,
+                        pid=worker.pid,
+                        seconds=self.gracePeriod + KILL_MARGIN,
+                    )
+                    try:
+                        worker.process.signalProcess("KILL")
+                    except error.ProcessExitedAlready:
+                        pass
+
+        timer = self.reactor.callLater(self.gracePeriod + KILL_MARGIN, tooSlow)
+        yield defer.gatherResults(waits)
+        if timer.active():
+            timer.cancel()
+        yield MultiService.stopService(self)
+        if self.metricsDirectory is not None:
+            shutil.rmtree(self.metricsDirectory, ignore_errors=True)
+            self.metricsDirectory = None
+        if self._stopFailures:
+            self.log.warn(
+                "not every worker stopped cleanly ({failures}): acks may have been lost",
+                failures="; ".join(self._stopFailures),
+            )
+        elif getattr(self.reactor, "_exitSignal", None) is not None:
+            # As TcpDemoService: every worker delivered its owed acks, so
+            # exit 0 rather than "killed by SIGTERM".
+            self.reactor._exitSignal = None
+
+
+# The worker process
+
+
+@implementer(IReadDescriptor)
+class ParentWatch:
+    """
+    Calls C{lost} when the parent goes away: the worker's standard input
+    is a pipe from the parent, which only the parent's exit closes.
+    """
+
+    def __init__(self, fd: int, lost: Callable[[], None]) -> None:
+        self.fd = fd
+        self.lost = lost
+        fdesc.setNonBlocking(fd)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> Any:
+        return fdesc.readFromFD(self.fd, lambda data: None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost()
+
+    def logPrefix(self) -> str:
+        return "parent"
+
+
+class WorkerOptions(Options):
+    """
+    A worker's command line: the server options, plus where its listening
+    socket is and which worker it is.
+    """
+
+    optParameters = Options.optParameters + [
+        ["fd", None, WORKER_FD, "The inherited listening socket's descriptor.", int],
+        ["family", None, "INET", "Its address family: INET or INET6."],
+        ["worker-id", None, "1", "This worker's number, for metrics and logs."],
+    ]
+
+    def postOptions(self) -> None:
+        Options.postOptions(self)
+        if self["family"] not in _FAMILIES:
+            raise usage.UsageError(f"--family must be INET or INET6, not {self['family']}")
+
+
+def startLogging(out: IO[str]) -> None:
+    """
+    Log events as JSON lines on C{out}, for the parent to re-emit.
+    """
+    observer = FilteringLogObserver(
+        jsonFileLogObserver(out, recordSeparator=""),
+        [LogLevelFilterPredicate(LogLevel.info)],
+    )
+    globalLogBeginner.beginLoggingTo([observer])
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """
+    A worker: serve on the inherited socket until SIGTERM, SIGINT or the
+    parent's exit, then deliver the owed acks and exit 0 (1 if the grace
+    period ran out).
+    """
+    options = WorkerOptions()
+    try:
+        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
+    except usage.UsageError as e:
+        sys.stderr.write(f"tcpdemo.workers: {e}\n")
+        sys.exit(2)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        sys.stderr.write(
+            "tcpdemo.workers: warning: PROMETHEUS_MULTIPROC_DIR is not set; this "
+            "worker's metrics will not reach the parent\n"
+        )
+    startLogging(sys.stdout)
+    log = Logger(namespace="tcpdemo.workers")
+
+    from twisted.internet import reactor
+
+    worker = options["worker-id"]
+    factory = buildFactory(options, reactor, CollectorRegistry(), worker=worker)
+    listener = AdoptedListenerService(
+        reactor, options["fd"], _FAMILIES[options["family"]], factory, "tcpdemo worker"
+    )
+    service = TcpDemoService(
+        reactor,
+        factory,
+        port=None,
+        metrics=None,
+        gracePeriod=options["grace-period"],
+        listener=listener,
+    )
+    stopping: list[str] = []
+
+    def stop(why: str) -> None:
+        if stopping:
+            return
+        stopping.append(why)
+        log.info("stopping ({why}): delivering owed acks", why=why)
+        reactor.stop()
+
+    def onSignal(number: int, frame: Any) -> None:
+        reactor.callFromThread(stop, signal.Signals(number).name)  # type: ignore[attr-defined]
+
+    def installSignals() -> None:
+        # Replaces the reactor's handlers: a second signal (SIGINT from a
+        # terminal, then SIGTERM from the parent) must not stop it twice.
+        signal.signal(signal.SIGTERM, onSignal)
+        signal.signal(signal.SIGINT, onSignal)
+
+    service.privilegedStartService()
+    service.startService()
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", service.stopService
+    )
+    reactor.callWhenRunning(installSignals)
+    reactor.addReader(
+        ParentWatch(0, lambda: stop("the parent went away"))
+    )
+    reactor.run()
+    sys.exit(0 if service.drainedCleanly is not False else 1)
+
+
+if __name__ == "__main__":
+    main()
