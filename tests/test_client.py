@@ -332,22 +332,38 @@ class FakeFactory(ServerFactory):
 
 
 class WrongId(FakeServer):
+    """
+    Acks id 6 where 5 is owed.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         return ack(n + 1) if n == 5 else ack(n)
 
 
 class WrongCommand(FakeServer):
+    """
+    Answers the third Submit with command byte 0x82.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         data = ack(n)
         return data[:4] + b"\x82" + data[5:] if n == 3 else data
 
 
 class WrongResult(FakeServer):
+    """
+    Answers the fourth Submit with result 1.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         return ack(n, result=1 if n == 4 else 0)
 
 
 class Truncated(FakeServer):
+    """
+    Sends 7 bytes of the fifth ack, then closes.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         if n == 5:
             self.transport.write(ack(n)[:7])
@@ -357,6 +373,10 @@ class Truncated(FakeServer):
 
 
 class ClosesEarly(FakeServer):
+    """
+    Closes each connection after its tenth ack.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         if n == 10:
             self.transport.loseConnection()
@@ -386,16 +406,28 @@ class SlowButSteady(FakeServer):
 
 
 class AnswersTwice(FakeServer):
+    """
+    Acks every Submit twice, in one write.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         return ack(n) + ack(n)
 
 
 class Forgets(FakeServer):
+    """
+    Never answers after the sixth Submit, and stays connected.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         return ack(n) if n <= 6 else b""
 
 
 class BadLengthServer(FakeServer):
+    """
+    Answers the second Submit with a 15-byte frame.
+    """
+
     def answer(self, n: int, id: bytes) -> bytes:
         return frame(encode(SubmitAck(id)) + b"!") if n == 2 else ack(n)
 
