@@ -370,12 +370,9 @@ class WorkerSupervisor(MultiService):
 
     # Starting
 
-    def privilegedStartService(self) -> None:
-        if self.metricsDirectory is None:
-            self.metricsDirectory = tempfile.mkdtemp(prefix="tcpdemo-metrics-")
-        MultiService.privilegedStartService(self)
-
     def startService(self) -> None:
+        # Made here, after twistd has shed privileges (--uid): the workers,
+        # running as the same user, must be able to write to it.
         if self.metricsDirectory is None:
             self.metricsDirectory = tempfile.mkdtemp(prefix="tcpdemo-metrics-")
         MultiService.startService(self)

@@ -238,9 +238,10 @@ class WorkersTests(SynchronousTestCase):
         """
         The load client's connections spread over both workers, every ack
         arrives, and the parent's /metrics adds up the work of both, under
-        the names single-process dashboards use.
+        the names single-process dashboards use.  The options reach the
+        workers (--max-connections shows in their summed limit).
         """
-        server, pids = self.startServer()
+        server, pids = self.startServer("--max-connections", "50")
         self.assertEqual(sorted(pids), [1, 2])
         self.assertRegex(server.log(), r"2 SO_REUSEPORT sockets, one per worker")
         count = 40000
@@ -267,7 +268,8 @@ class WorkersTests(SynchronousTestCase):
         self.assertEqual(metric(samples, "tcpdemo_workers"), 2)
         self.assertEqual(metric(samples, "tcpdemo_workers_running"), 2)
         self.assertEqual(metric(samples, "tcpdemo_worker_restarts_total"), 0)
-        self.assertEqual(metric(samples, "tcpdemo_max_connections"), 0)
+        # The limit applies to each worker: the instance's is their sum.
+        self.assertEqual(metric(samples, "tcpdemo_max_connections"), 100)
         self.assertEqual(metric(samples, 'tcpdemo_protocol_errors_total{reason="bad_length"}'), 0)
         # process_* cover the parent and the workers.
         workerCpu = perWorker(samples, "tcpdemo_worker_cpu_seconds_total")
