@@ -10,6 +10,7 @@ Everything here talks to 127.0.0.1 only.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import select
 import selectors
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Sequence
@@ -550,6 +552,22 @@ def resetClose(sock: socket.socket) -> None:
     sock.close()
 
 
+def waitUntilDelivered(sock: socket.socket, timeout: float = 10.0) -> None:
+    """
+    Wait until the peer's kernel has acknowledged every byte written on
+    C{sock} (Linux: the SIOCOUTQ ioctl), or the connection is gone.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))
+        except OSError:
+            return
+        if queued[0] == 0:
+            return
+        time.sleep(0.001)
+
+
 def refusedNow(port: int) -> bool:
     """
     Nothing accepts connections on C{port} any more.
@@ -698,9 +716,14 @@ class HostileMixin(ServerTestCase):
                     f"connection {k} of {len(plans)} ({expected[k]})",
                 )
                 socks[k].close()
-            elif ending == "close":
-                socks[k].close()
             else:
-                resetClose(socks[k])
+                # Closing with bytes still queued (the peer's acks unread, or a
+                # reset) would throw them away: let the peer's kernel have
+                # them all first, so that the server sees the whole stream.
+                waitUntilDelivered(socks[k])
+                if ending == "close":
+                    socks[k].close()
+                else:
+                    resetClose(socks[k])
 
 

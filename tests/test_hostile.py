@@ -66,9 +66,11 @@ unknownCommands = st.builds(
     st.binary(max_size=20),
 )
 shortSubmits = st.binary(max_size=7).map(lambda body: rawFrame(0x02, body))
+# ConnAck and SubmitAck, well-formed or not: refused for their direction.
 serverCommands = st.one_of(
     st.binary(min_size=1, max_size=1).map(lambda body: rawFrame(0x80, body)),
     st.binary(min_size=9, max_size=9).map(lambda body: rawFrame(0x81, body)),
+    st.builds(rawFrame, st.sampled_from([0x80, 0x81]), st.binary(max_size=12)),
 )
 _tails = st.binary(max_size=8)
 badLengths = st.builds(
