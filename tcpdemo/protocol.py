@@ -9,7 +9,7 @@ the same reactor turn, and the counters move once per read.
 from __future__ import annotations
 
 import hmac
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import attrs
 from twisted.internet import defer
@@ -32,7 +32,6 @@ from tcpdemo.packet import (
     Conn,
     ConnAck,
     FrameTooLarge,
-    MalformedPacket,
     ProtocolError,
     Submit,
     SubmitAck,
@@ -55,7 +54,7 @@ _ACK_SEPARATOR = _ACK_OK_TAIL + _ACK_HEAD
 DEFAULT_WRITE_BUFFER_LIMIT = 256 * 1024
 
 
-def _acks(ids: List[bytes]) -> bytes:
+def _acks(ids: list[bytes]) -> bytes:
     """
     Encode one successful SubmitAck per id, back to back.
     """
@@ -66,7 +65,7 @@ _SUBMIT_FRAME_MIN = HEADER_SIZE + 1 + ID_SIZE
 _unpackLength = LENGTH.unpack_from
 
 
-def scanSubmits(data: bytes, maxLength: int, ids: List[bytes]) -> int:
+def scanSubmits(data: bytes, maxLength: int, ids: list[bytes]) -> int:
     """
     The fast path of the frame and packet layers together, for the one
     frame that matters: append the id of every complete, well-formed Submit
@@ -112,7 +111,7 @@ def scanSubmits(data: bytes, maxLength: int, ids: List[bytes]) -> int:
     return offset
 
 
-def describePeer(address: Optional[IAddress]) -> str:
+def describePeer(address: IAddress | None) -> str:
     """
     A short human form of a peer address for log lines.
     """
@@ -122,6 +121,26 @@ def describePeer(address: Optional[IAddress]) -> str:
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     name = getattr(address, "name", None)
     return f"unix:{name!r}" if name is not None else repr(address)
+
+
+class ServerTransport(Protocol):
+    """
+    What the server uses of its transport.  Twisted annotates a protocol's
+    transport as C{ITransport | None}; the ones it is given (TCP, TLS, unix
+    sockets, the tests' transports) all provide these.
+    """
+
+    bufferSize: int
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+    def getPeer(self) -> IAddress: ...
+    def loseConnection(self) -> None: ...
+    def abortConnection(self) -> None: ...
+    def registerProducer(self, producer: object, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
 
 
 @implementer(IHalfCloseableProtocol)
@@ -138,15 +157,16 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     """
 
     factory: TcpDemoServerFactory
+    transport: ServerTransport  # type: ignore[assignment]
     log = Logger()
 
-    _ids: List[bytes]
-    _out: List[bytes]
+    _ids: list[bytes]
+    _out: list[bytes]
     _authenticated = True
     _closing = False
     _closed = False
     _readClosed = False
-    _linger: Optional[IDelayedCall] = None
+    _linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -166,7 +186,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         """
         Idle timeouts run on the factory's clock (a fake one in tests).
         """
-        return self.factory.reactor.callLater(period, func)
+        call: IDelayedCall = self.factory.reactor.callLater(period, func)
+        return call
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.setTimeout(None)
@@ -209,7 +230,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             if command in _SENT_BY_SERVERS:
                 # Refused for its direction, whatever its body looks like.
                 raise UnexpectedCommand(
-                    f"{command.__name__} is sent by servers, not to them: "  # type: ignore[union-attr]
+                    f"{command.__name__} is sent by servers, not to them: "
                     + abbreviate(payload)
                 )
             packet = decode(payload)
@@ -301,14 +322,24 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         transport = self.transport
         # A registered producer would keep the connection open forever.
         transport.unregisterProducer()
-        loseWriteConnection = getattr(transport, "loseWriteConnection", None)
-        if self._readClosed or loseWriteConnection is None:
+        # Looked up on the class: a TLS transport passes unknown attributes
+        # on to the TCP transport beneath it, whose half-close would cut the
+        # TLS layer off mid-stream.
+        loseWriteConnection = getattr(type(transport), "loseWriteConnection", None)
+        if self._readClosed:
             transport.loseConnection()
-            return
-        loseWriteConnection()
-        transport.resumeProducing()
+        elif loseWriteConnection is None:
+            # No half-close here (TLS): close, but wait for the peer's part
+            # of the closing handshake for a bounded time only.
+            transport.loseConnection()
+            self._lingerThenAbort()
+        else:
+            loseWriteConnection(transport)
+            transport.resumeProducing()
+
+    def _lingerThenAbort(self) -> None:
         self._linger = self.factory.reactor.callLater(
-            self.factory.lingerTimeout, transport.abortConnection
+            self.factory.lingerTimeout, self.transport.abortConnection
         )
 
     def _close(self) -> None:
@@ -341,9 +372,10 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
 
     def writeConnectionLost(self) -> None:
         """
-        Our acks are all out; the peer's end-of-file (or the linger timer)
-        finishes the close.
+        Every ack is out and the peer has been sent end-of-file: drop its
+        input until it closes too, for at most C{lingerTimeout} seconds.
         """
+        self._lingerThenAbort()
 
     def timeoutConnection(self) -> None:
         self.factory.metrics.idle_timeouts.inc()
@@ -368,18 +400,24 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         self.endOfRead()
 
 
+if TYPE_CHECKING:
+    _Factory = ServerFactory[TcpDemoServerProtocol]
+else:  # Twisted before 26 (PyPy 3.9's) has no generic Factory at run time.
+    _Factory = ServerFactory
+
+
 @attrs.define(eq=False, slots=False, repr=False)
-class TcpDemoServerFactory(ServerFactory):
+class TcpDemoServerFactory(_Factory):
     """
     Shared configuration, metrics and the set of open connections.
     """
 
     metrics: ServerMetrics
     maxFrameLength: int = DEFAULT_MAX_FRAME_LENGTH
-    maxConnections: Optional[int] = None
-    idleTimeout: Optional[float] = None
+    maxConnections: int | None = None
+    idleTimeout: float | None = None
     writeBufferLimit: int = DEFAULT_WRITE_BUFFER_LIMIT
-    authToken: Optional[bytes] = None
+    authToken: bytes | None = None
     lingerTimeout: float = 5.0
     reactor: Any = attrs.field(default=None)
     refusalLogInterval: float = 10.0
@@ -388,20 +426,20 @@ class TcpDemoServerFactory(ServerFactory):
     noisy = False
     log = Logger()
 
-    connections: Dict[TcpDemoServerProtocol, None] = attrs.field(factory=dict, init=False)
-    _closed: Dict[TcpDemoServerProtocol, defer.Deferred[None]] = attrs.field(
+    connections: dict[TcpDemoServerProtocol, None] = attrs.field(factory=dict, init=False)
+    _closed: dict[TcpDemoServerProtocol, defer.Deferred[None]] = attrs.field(
         factory=dict, init=False
     )
     _refusedSinceLog: int = attrs.field(default=0, init=False)
-    _lastRefusalLog: Optional[float] = attrs.field(default=None, init=False)
+    _lastRefusalLog: float | None = attrs.field(default=None, init=False)
 
-    def buildProtocol(self, addr: IAddress) -> Optional[TcpDemoServerProtocol]:
+    def buildProtocol(self, addr: IAddress | None) -> TcpDemoServerProtocol | None:
         if self.maxConnections is not None and len(self.connections) >= self.maxConnections:
             self._refused(addr)
             return None
-        return super().buildProtocol(addr)  # type: ignore[return-value]
+        return super().buildProtocol(addr)
 
-    def _refused(self, addr: IAddress) -> None:
+    def _refused(self, addr: IAddress | None) -> None:
         """
         Count a refusal; log at most one line per C{refusalLogInterval}.
         """

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from typing import Dict, List, Optional, Sequence
+from collections.abc import Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -47,7 +47,7 @@ def ackFrame(number: int, result: int = 0) -> bytes:
     return frame(encode(SubmitAck(b"%08d" % number, result)))
 
 
-def subprocessEnv() -> Dict[str, str]:
+def subprocessEnv() -> dict[str, str]:
     """
     The environment for child processes: this checkout first on the path, so
     that they run the code under test and find its twistd plugin.
@@ -59,7 +59,7 @@ def subprocessEnv() -> Dict[str, str]:
     return env
 
 
-def twistdCommand() -> List[str]:
+def twistdCommand() -> list[str]:
     """
     The real twistd of this interpreter.
     """
@@ -130,7 +130,7 @@ class TwistdServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
 
-    def scrape(self) -> Dict[str, float]:
+    def scrape(self) -> dict[str, float]:
         """
         Every sample of /metrics, parsed by prometheus_client's own parser,
         keyed by name and labels (C{name{label="value"}}).
@@ -139,7 +139,7 @@ class TwistdServer:
         url = f"http://{LOOPBACK}:{self.metricsPort}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
-        samples: Dict[str, float] = {}
+        samples: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
@@ -214,7 +214,7 @@ def waitFor(condition, timeout: float = 10.0, interval: float = 0.05, what: str 
     raise AssertionError(f"timed out waiting for {what or condition}")
 
 
-def metric(samples: Dict[str, float], name: str, default: Optional[float] = None) -> float:
+def metric(samples: dict[str, float], name: str, default: float | None = None) -> float:
     if name in samples:
         return samples[name]
     if default is not None:

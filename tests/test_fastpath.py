@@ -5,8 +5,6 @@ of the general path (the frame layer, then L{decode}) on every input.
 
 from __future__ import annotations
 
-from typing import List, Tuple
-
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -38,7 +36,9 @@ anyFrame = st.one_of(
     uniformRun(),
     st.just(frame(b"\x01")),
     st.builds(lambda body: frame(b"\x02" + body), st.binary(max_size=7)),
-    st.builds(lambda c, body: frame(bytes([c]) + body), st.integers(0, 255), st.binary(max_size=12)),
+    st.builds(
+        lambda c, body: frame(bytes([c]) + body), st.integers(0, 255), st.binary(max_size=12)
+    ),
     st.sampled_from(
         [b"\xff\xff\xff\xff", b"\x00\x00\x00\x04", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff"]
     ),
@@ -56,7 +56,7 @@ class GeneralPath(FrameReceiver):
 
     def __init__(self, maxLength: int) -> None:
         self.MAX_LENGTH = maxLength
-        self.ids: List[bytes] = []
+        self.ids: list[bytes] = []
         self.consumed = 0
         self.stopped = False
 
@@ -81,7 +81,7 @@ class GeneralPath(FrameReceiver):
 class ScanTests(SynchronousTestCase):
     @given(streams, maxLengths)
     def test_agreesWithGeneralPath(self, data: bytes, maxLength: int) -> None:
-        found: List[bytes] = []
+        found: list[bytes] = []
         offset = scanSubmits(data, maxLength, found)
         general = GeneralPath(maxLength)
         general.dataReceived(data)
@@ -90,7 +90,7 @@ class ScanTests(SynchronousTestCase):
 
     def test_uniformRun(self) -> None:
         data = b"".join(submit(b"%08d" % i, b"x" * 20) for i in range(1000))
-        found: List[bytes] = []
+        found: list[bytes] = []
         self.assertEqual(scanSubmits(data + data[:10], 1 << 20, found), len(data))
         self.assertEqual(found, [b"%08d" % i for i in range(1000)])
 
@@ -99,7 +99,7 @@ class ScanTests(SynchronousTestCase):
         A run of equal frames whose last one differs falls back correctly.
         """
         data = submit(b"a" * 8, b"xy") * 5 + frame(b"\x09" + b"b" * 10)
-        found: List[bytes] = []
+        found: list[bytes] = []
         self.assertEqual(scanSubmits(data, 1 << 20, found), 5 * 15)
         self.assertEqual(found, [b"a" * 8] * 5)
 
@@ -115,7 +115,9 @@ class SlowProtocol(TcpDemoServerProtocol):
         FrameReceiver.dataReceived(self, data)
 
 
-def run(protocolClass: type, data: bytes, cuts: List[int], maxLength: int) -> Tuple[bytes, bool, dict]:
+def run(
+    protocolClass: type[TcpDemoServerProtocol], data: bytes, cuts: list[int], maxLength: int
+) -> tuple[bytes, bool, dict[str, float]]:
     registry = CollectorRegistry()
     factory = TcpDemoServerFactory(
         metrics=ServerMetrics.create(registry), reactor=Clock(), maxFrameLength=maxLength
@@ -141,7 +143,7 @@ def run(protocolClass: type, data: bytes, cuts: List[int], maxLength: int) -> Tu
 
 class ProtocolEquivalenceTests(SynchronousTestCase):
     @given(streams, st.lists(st.integers(0, 2000), max_size=8), maxLengths)
-    def test_sameAnswers(self, data: bytes, cuts: List[int], maxLength: int) -> None:
+    def test_sameAnswers(self, data: bytes, cuts: list[int], maxLength: int) -> None:
         """
         With or without the fast path, the same bytes answer the same
         stream, cut anywhere, and the same errors are counted.

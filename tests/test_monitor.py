@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from twisted.trial import unittest
 
 from tests.support import LOOPBACK, REPO_ROOT, TwistdServer, freePort, subprocessEnv

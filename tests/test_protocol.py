@@ -4,7 +4,7 @@ Unit tests of the server protocol and factory over in-memory transports.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
@@ -34,7 +34,7 @@ class RecordingTransport(StringTransport):
 
     def __init__(self) -> None:
         StringTransport.__init__(self, peerAddress=PEER)
-        self.writes: List[bytes] = []
+        self.writes: list[bytes] = []
         self.aborted = False
 
     def write(self, data: bytes) -> None:
@@ -49,7 +49,7 @@ class RecordingTransport(StringTransport):
             self.producer.pauseProducing()
 
     def drain(self) -> bytes:
-        data = self.value()
+        data: bytes = self.value()
         self.clear()
         if self.producer is not None and self.producerState == "paused":
             self.producer.resumeProducing()
@@ -66,7 +66,7 @@ class CountingCounter:
     """
 
     def __init__(self) -> None:
-        self.calls: List[float] = []
+        self.calls: list[float] = []
 
     def inc(self, amount: float = 1) -> None:
         self.calls.append(amount)
@@ -80,8 +80,8 @@ class ProtocolTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.registry = CollectorRegistry()
-        self.events: List[dict[str, Any]] = []
-        self.patch(TcpDemoServerProtocol, "log", Logger(observer=self.events.append))
+        self.events: list[dict[str, Any]] = []
+        self.patch(TcpDemoServerProtocol, "log", Logger(observer=self.events.append))  # type: ignore[arg-type]
         self.factory = self.makeFactory()
 
     def makeFactory(self, **kwargs: Any) -> TcpDemoServerFactory:
@@ -90,7 +90,7 @@ class ProtocolTestCase(SynchronousTestCase):
         )
 
     def connect(
-        self, factory: Optional[TcpDemoServerFactory] = None
+        self, factory: TcpDemoServerFactory | None = None
     ) -> tuple[TcpDemoServerProtocol, RecordingTransport]:
         factory = factory or self.factory
         protocol = factory.buildProtocol(PEER)
@@ -104,7 +104,10 @@ class ProtocolTestCase(SynchronousTestCase):
         assert result is not None, name
         return result
 
-    def warnings(self) -> List[str]:
+    def errors(self, reason: str) -> float:
+        return self.value("tcpdemo_protocol_errors_total", reason=reason)
+
+    def warnings(self) -> list[str]:
         from twisted.logger import formatEvent
 
         return [formatEvent(e) for e in self.events if e["log_level"].name == "warn"]
@@ -221,7 +224,8 @@ class BadInputTests(ProtocolTestCase):
     def test_unknownCommand(self) -> None:
         for command in (0x00, 0x03, 0x7F, 0x82, 0xFF):
             self.setUp()
-            self.assertRefused(frame(bytes([command]) + b"x" * 8), "unknown_command", f"0x{command:02x}")
+            bad = frame(bytes([command]) + b"x" * 8)
+            self.assertRefused(bad, "unknown_command", f"0x{command:02x}")
 
     def test_connAckToServer(self) -> None:
         self.assertRefused(frame(encode(ConnAck(0))), "unexpected_command", "ConnAck")
@@ -324,8 +328,8 @@ class IdleTimeoutTests(ProtocolTestCase):
 class MaxConnectionsTests(ProtocolTestCase):
     def test_refuseBeyond(self) -> None:
         factory = self.makeFactory(maxConnections=2)
-        factoryEvents: List[dict[str, Any]] = []
-        self.patch(TcpDemoServerFactory, "log", Logger(observer=factoryEvents.append))
+        factoryEvents: list[dict[str, Any]] = []
+        self.patch(TcpDemoServerFactory, "log", Logger(observer=factoryEvents.append))  # type: ignore[arg-type]
         first, _ = self.connect(factory)
         self.connect(factory)
         for _ in range(5):
@@ -352,7 +356,7 @@ class AuthTests(ProtocolTestCase):
         protocol.dataReceived(submitFrame(1))
         self.assertEqual(transport.value(), b"")
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(self.value("tcpdemo_protocol_errors_total", reason="unexpected_command"), 1)
+        self.assertEqual(self.errors("unexpected_command"), 1)
 
     def test_wrongToken(self) -> None:
         protocol, transport = self.connect()
@@ -433,6 +437,23 @@ class LingeringCloseTests(ProtocolTestCase):
         self.assertTrue(transport.reading, "input must be drained, not left to cause a reset")
         protocol.dataReceived(submitFrame(3))
         self.assertEqual(transport.value(), ackFrame(1))
+        # However slowly the peer reads its acks, the linger only starts
+        # once they are all written.
+        self.clock.advance(self.factory.lingerTimeout * 10)
+        self.assertFalse(transport.aborted)
+        protocol.writeConnectionLost()
+        self.clock.advance(self.factory.lingerTimeout)
+        self.assertTrue(transport.aborted)
+
+    def test_noHalfCloseBeneath(self) -> None:
+        """
+        A transport that only passes a half-close through from the one
+        beneath it (TLS over TCP) is closed whole, with a bounded wait.
+        """
+        protocol, transport = self.connect()
+        transport.loseWriteConnection = lambda: self.fail("half-closed beneath TLS")  # type: ignore[attr-defined]
+        protocol.dataReceived(b"\x00\x00\x00\x05\x09")
+        self.assertTrue(transport.disconnecting)
         self.clock.advance(self.factory.lingerTimeout)
         self.assertTrue(transport.aborted)
 
@@ -464,5 +485,5 @@ class DirectionTests(ProtocolTestCase):
         protocol, transport = self.connect()
         protocol.dataReceived(frame(b"\x81" + b"short"))
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(self.value("tcpdemo_protocol_errors_total", reason="unexpected_command"), 1)
+        self.assertEqual(self.errors("unexpected_command"), 1)
         self.assertEqual(self.value("tcpdemo_protocol_errors_total", reason="malformed_packet"), 0)

@@ -4,7 +4,7 @@ Options, the service and the plugin, in-process over real loopback sockets.
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -112,6 +112,7 @@ class ServiceTests(TestCase):
              *args]
         )
         svc = service.makeService(options, reactor, CollectorRegistry())
+        assert isinstance(svc, service.TcpDemoService)
         svc.privilegedStartService()
         svc.startService()
         self.addCleanup(lambda: svc.running and svc.stopService())
@@ -121,7 +122,9 @@ class ServiceTests(TestCase):
         assert svc.server.port is not None
         port = svc.server.port.getHost().port  # type: ignore[attr-defined]
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        return await endpoint.connect(protocol.Factory.forProtocol(Collector))
+        client = await endpoint.connect(protocol.Factory.forProtocol(Collector))
+        assert isinstance(client, Collector)
+        return client
 
     async def test_servesAndDrains(self) -> None:
         """

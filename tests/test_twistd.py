@@ -6,9 +6,9 @@ TCP with blocking sockets, its C{/metrics} scraped over HTTP.
 from __future__ import annotations
 
 import errno
+import platform
 import socket
 import time
-from typing import List
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -57,7 +57,7 @@ class TwistdTests(SynchronousTestCase):
     def mktemp_dir(self) -> str:
         import os
 
-        path = os.path.abspath(self.mktemp())
+        path: str = os.path.abspath(self.mktemp())
         os.makedirs(path)
         return path
 
@@ -69,9 +69,9 @@ class TwistdTests(SynchronousTestCase):
         """
         server = self.startServer()
         log = server.log()
-        self.assertRegex(log, r"tcpdemo server listening on tcp:127\.0\.0\.1:%d" % server.port)
-        self.assertRegex(
-            log, r"tcpdemo metrics \(/metrics\) listening on tcp:127\.0\.0\.1:%d" % server.metricsPort
+        self.assertIn(f"tcpdemo server listening on tcp:127.0.0.1:{server.port}", log)
+        self.assertIn(
+            f"tcpdemo metrics (/metrics) listening on tcp:127.0.0.1:{server.metricsPort}", log
         )
 
         good = server.connect()
@@ -175,7 +175,7 @@ class TwistdTests(SynchronousTestCase):
         baseline = server.rssBytes()
 
         frames = b"".join(submitFrame(i, b"x" * 20) for i in range(1, 50001))
-        socks: List[socket.socket] = [server.connect() for _ in range(connections)]
+        socks: list[socket.socket] = [server.connect() for _ in range(connections)]
         pushed = sum(pushUntilBlocked(s, frames, seconds=0.5) for s in socks)
         growth = server.rssBytes() - baseline
 
@@ -183,7 +183,10 @@ class TwistdTests(SynchronousTestCase):
         # overshoot the limit before the transport pauses the protocol, and
         # a partial frame may wait in the receive buffer.
         perConnection = limit + 65536 * 14 // 34 + 65536
-        constant = 8 * 1024 * 1024
+        # CPython frees buffers as soon as they are written; PyPy's GC lets
+        # garbage grow to about 1.8x the live heap before a major collection,
+        # which is bounded too, but by a larger constant.
+        constant = (64 if platform.python_implementation() == "PyPy" else 8) * 1024 * 1024
         bound = connections * perConnection + constant
         self.assertLess(
             growth,
