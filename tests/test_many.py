@@ -11,8 +11,6 @@ import signal
 import socket
 import time
 
-from twisted.trial.unittest import SkipTest
-
 from .reliability import (
     ServerTestCase,
     ackFor,
@@ -46,7 +44,10 @@ class ManyConnectionsTests(ServerTestCase):
         # This process holds one socket per connection, the server one more.
         needed = CONNECTIONS + 200
         if raiseOwnFileLimit(needed) < needed:
-            raise SkipTest(f"RLIMIT_NOFILE hard limit is below {needed}")
+            self.fail(
+                f"RLIMIT_NOFILE hard limit is below {needed}: raise it (ulimit -Hn) "
+                "to run this test; it is not skipped"
+            )
         server = self.startServer("--grace-period", "30")
         warm = server.connect()
         warm.sendall(b"".join(submitFor(i, b"warm") for i in range(1000)))

@@ -13,7 +13,6 @@ Security features of a real C{twistd -n tcpdemo}, over loopback:
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import ipaddress
 import json
 import os
@@ -66,10 +65,6 @@ VECTORS = HELLO + EMPTY + TWO
 VECTOR_ACKS = HELLO_ACK + EMPTY_ACK + TWO_ACKS
 
 AUTH_EXAMPLES = int(os.environ.get("TCPDEMO_HOSTILE_EXAMPLES", "15"))
-
-
-def hasClient() -> bool:
-    return importlib.util.find_spec("tcpdemo.client") is not None
 
 
 def runClient(*args: str) -> dict[str, object]:
@@ -321,8 +316,6 @@ class TLSTests(ServerTestCase):
         The load client through a Twisted C{ssl:} client endpoint that
         trusts the throwaway certificate: no errors, every ack.
         """
-        if not hasClient():
-            self.skipTest("tcpdemo.client is not in this checkout")
         port, cert = self.startTLS()
         summary = runClient(
             "--port",
@@ -439,8 +432,6 @@ class AuthTests(HostileMixin):
         The load client with --token-file: every connection authenticates
         and gets every ack.
         """
-        if not hasClient():
-            self.skipTest("tcpdemo.client is not in this checkout")
         self.startAuth()
         summary = runClient(
             "--port",

@@ -6,7 +6,6 @@ sampling the server's RSS and open file descriptors; neither may grow.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -41,39 +40,33 @@ def stopProcess(proc: subprocess.Popen[bytes]) -> None:
 
 
 class SoakTests(ServerTestCase):
-    def steadyLoad(self, port: int) -> subprocess.Popen[bytes] | PipelinedLoad:
+    def steadyLoad(self, port: int) -> subprocess.Popen[bytes]:
         """
-        The load client (C{python -m tcpdemo.client}) at a fixed rate if
-        this checkout has it, else the same shape from this process.
+        The load client (C{python -m tcpdemo.client}) at a fixed rate.
         """
-        if importlib.util.find_spec("tcpdemo.client") is not None:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tcpdemo.client",
-                    "--port",
-                    f"tcp:127.0.0.1:{port}",
-                    "--connections",
-                    str(CONNECTIONS),
-                    "--rate",
-                    str(RATE),
-                    "--duration",
-                    str(SOAK_SECONDS),
-                    "--json",
-                    "--quiet",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=subprocessEnv(),
-            )
-            self.addCleanup(stopProcess, proc)
-            return proc
-        load = PipelinedLoad(port, connections=CONNECTIONS, window=16, rate=RATE)
-        load.start()
-        self.addCleanup(load.stop)
-        return load
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tcpdemo.client",
+                "--port",
+                f"tcp:127.0.0.1:{port}",
+                "--connections",
+                str(CONNECTIONS),
+                "--rate",
+                str(RATE),
+                "--duration",
+                str(SOAK_SECONDS),
+                "--json",
+                "--quiet",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=subprocessEnv(),
+        )
+        self.addCleanup(stopProcess, proc)
+        return proc
 
     def test_soak(self) -> None:
         """
@@ -111,17 +104,12 @@ class SoakTests(ServerTestCase):
             self.assertIsNone(server.process.poll(), "the server died")
 
         churnResult = churn.stop()
-        if isinstance(steady, PipelinedLoad):
-            steadyResult = steady.stop()
-            self.assertEqual(steadyResult.errors, [])
-            steadySummary = {"sent": steadyResult.sent, "acked": steadyResult.acked}
-        else:
-            out, err = steady.communicate(timeout=60)
-            self.assertEqual(steady.returncode, 0, err.decode(errors="replace"))
-            summary = json.loads(out)
-            self.assertEqual(summary["errors"]["total"], 0, summary["errors"])
-            self.assertEqual(summary["acked"], summary["sent"])
-            steadySummary = {"sent": summary["sent"], "acked": summary["acked"]}
+        out, err = steady.communicate(timeout=60)
+        self.assertEqual(steady.returncode, 0, err.decode(errors="replace"))
+        summary = json.loads(out)
+        self.assertEqual(summary["errors"]["total"], 0, summary["errors"])
+        self.assertEqual(summary["acked"], summary["sent"])
+        steadySummary = {"sent": summary["sent"], "acked": summary["acked"]}
         self.assertEqual(churnResult.errors, [])
         self.assertEqual(churnResult.acked, churnResult.sent)
 
