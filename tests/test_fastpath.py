@@ -1,6 +1,7 @@
 """
-The server's bulk fast path (L{scanSubmits}) must make exactly the decisions
-of the general path (the frame layer, then L{decode}) on every input.
+The server's fast paths (L{submitRunAcks} for runs of equal Submits, then
+L{scanSubmits}) must make exactly the decisions of the general path (the
+frame layer, then L{decode}) on every input, and answer the same bytes.
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcpdemo.frame import FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
-from tcpdemo.packet import ProtocolError, Submit, decode
-from tcpdemo.protocol import TcpDemoServerFactory, TcpDemoServerProtocol, scanSubmits
+from tcpdemo.packet import ProtocolError, Submit, SubmitAck, decode, encode
+from tcpdemo.protocol import (
+    TcpDemoServerFactory,
+    TcpDemoServerProtocol,
+    scanSubmits,
+    submitRunAcks,
+)
 
 from .test_protocol import PEER, RecordingTransport
 
@@ -23,6 +29,10 @@ ids = st.binary(min_size=8, max_size=8)
 
 def submit(ident: bytes, payload: bytes) -> bytes:
     return frame(b"\x02" + ident + payload)
+
+
+def ack(ident: bytes) -> bytes:
+    return frame(encode(SubmitAck(ident)))
 
 
 @st.composite
@@ -79,29 +89,51 @@ class GeneralPath(FrameReceiver):
 
 
 class ScanTests(SynchronousTestCase):
+    def fastPaths(self, data: bytes, maxLength: int) -> tuple[bytes, int]:
+        """
+        What the server's fast paths answer for C{data}, and how far they
+        read: a run of equal Submits in bulk, then the rest one by one.
+        """
+        end, count, acks = submitRunAcks(data, maxLength)
+        found: list[bytes] = []
+        offset = scanSubmits(data, maxLength, found, end)
+        return acks + b"".join(ack(i) for i in found), offset
+
     @given(streams, maxLengths)
     def test_agreesWithGeneralPath(self, data: bytes, maxLength: int) -> None:
-        found: list[bytes] = []
-        offset = scanSubmits(data, maxLength, found)
         general = GeneralPath(maxLength)
         general.dataReceived(data)
-        self.assertEqual(found, general.ids)
-        self.assertEqual(offset, general.consumed)
+        self.assertEqual(
+            self.fastPaths(data, maxLength),
+            (b"".join(ack(i) for i in general.ids), general.consumed),
+        )
+
+    @given(st.lists(ids, min_size=2, max_size=50), st.integers(0, 40), st.binary(max_size=30))
+    def test_runOfEqualSubmits(self, idents: list[bytes], size: int, tail: bytes) -> None:
+        """
+        A run of equal-sized Submits is answered in bulk, whatever follows.
+        """
+        data = b"".join(submit(i, b"r" * size) for i in idents)
+        end, count, acks = submitRunAcks(data + tail, 1 << 20)
+        self.assertGreaterEqual(end, len(data))
+        self.assertGreaterEqual(count, len(idents))
+        self.assertEqual(acks[: 14 * len(idents)], b"".join(ack(i) for i in idents))
 
     def test_uniformRun(self) -> None:
         data = b"".join(submit(b"%08d" % i, b"x" * 20) for i in range(1000))
-        found: list[bytes] = []
-        self.assertEqual(scanSubmits(data + data[:10], 1 << 20, found), len(data))
-        self.assertEqual(found, [b"%08d" % i for i in range(1000)])
+        self.assertEqual(
+            submitRunAcks(data + data[:10], 1 << 20),
+            (len(data), 1000, b"".join(ack(b"%08d" % i) for i in range(1000))),
+        )
 
     def test_uniformRunThenOther(self) -> None:
         """
-        A run of equal frames whose last one differs falls back correctly.
+        A run of equal frames whose last one differs is not a run: the
+        frames go one by one, and the other frame stops them.
         """
         data = submit(b"a" * 8, b"xy") * 5 + frame(b"\x09" + b"b" * 10)
-        found: list[bytes] = []
-        self.assertEqual(scanSubmits(data, 1 << 20, found), 5 * 15)
-        self.assertEqual(found, [b"a" * 8] * 5)
+        self.assertEqual(submitRunAcks(data, 1 << 20), (0, 0, b""))
+        self.assertEqual(self.fastPaths(data, 1 << 20), (ack(b"a" * 8) * 5, 5 * 15))
 
 
 class SlowProtocol(TcpDemoServerProtocol):
