@@ -44,6 +44,7 @@ from benchmarks.servers import (
     ALL_SERVERS,
     PEERS,
     PRODUCT,
+    PROPOSALS,
     ROOT,
     STEP_NAMES,
     BenchError,
@@ -185,6 +186,7 @@ def runScenario(
     """
     assert server.port is not None
     cpuBefore = server.cpuSeconds()
+    waitBefore = server.runDelaySeconds()
     rssBefore = server.rssBytes()
     loadBefore = os.getloadavg()[0]
     command = clientCommand(
@@ -197,6 +199,7 @@ def runScenario(
         extra = onConnected()
     result = client.result()
     cpuAfter = server.cpuSeconds()
+    waitAfter = server.runDelaySeconds()
     rssAfter = server.rssBytes()
     figures = clientFigures(scenario, result)
     acked = figures["acked"]
@@ -205,6 +208,9 @@ def runScenario(
         "server_cpu_s": round(cpu, 3),
         "server_cpu_us_per_ack": round(cpu * 1e6 / acked, 4) if acked else None,
         "server_cpu_percent": round(100 * cpu / result["duration_s"], 1)
+        if result["duration_s"] else None,
+        # Time the server was runnable but had no CPU: the shared machine's share.
+        "server_cpu_wait_percent": round(100 * (waitAfter - waitBefore) / result["duration_s"], 1)
         if result["duration_s"] else None,
         "rss_before_mib": round(rssBefore / 2**20, 2),
         "rss_after_mib": round(rssAfter / 2**20, 2),
@@ -351,7 +357,7 @@ class Bench:
             + (f"{cpuPerAck:6.3f}" if cpuPerAck is not None else "   n/a")
             + f" us/ack, p50 {figures['p50_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms, "
             f"server {figures['server_cpu_percent']}% client {figures['client_cpu_percent']}% "
-            f"CPU{extra}{problem}"
+            f"CPU, server waited {figures.get('server_cpu_wait_percent')}%{extra}{problem}"
         )
 
     def serverRound(self, runtime: str, python: str, clientPython: str, kind: str,
@@ -599,6 +605,8 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
         options.runtimes = ["current"] if smoke else ["cpython", "pypy"]
     if options.servers is None:
         options.servers = list(STEP_NAMES) + [PRODUCT] + list(PEERS)
+        if smoke:
+            options.servers += list(PROPOSALS)
     if options.runs is None:
         options.runs = 1 if smoke else 3
     if options.duration is None:

@@ -1,7 +1,9 @@
 """
-Profiles of each tcpdemo server (the steps and the product) under scenario P:
+Profiles of each tcpdemo server (the steps and the product) under scenario P
+(or the first of --scenarios):
 
   python -m benchmarks.bench --profile [--servers step0,final] [--runtimes cpython]
+  python -m benchmarks.bench --profile --servers final --scenarios R
 
 On CPython: py-spy (sampling, out of process, so the figures are not skewed
 by the profiler) when it is installed, then the server's own
@@ -21,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.bench import RESULTS, SCENARIOS, Bench, log, warmUp
+from benchmarks.bench import RESULTS, SCENARIOS, Bench, Scenario, log, warmUp
 from benchmarks.servers import (
     PEERS,
     PRODUCT,
@@ -78,8 +80,10 @@ def collapsedTop(text: str, rows: int = TOP) -> str:
            "  own %  total %  function"]
     for name, n in own.most_common(rows):
         out.append(f"{100 * n / samples:7.1f}  {100 * total[name] / samples:7.1f}  {name}")
-    out += ["", "  by total % (own + callees):", ""]
-    for name, n in total.most_common(rows):
+    out += ["", "  by total % (own + callees; the reactor's frames above the protocol "
+            "left out):", ""]
+    below = [(name, n) for name, n in total.most_common() if n < 0.96 * samples]
+    for name, n in below[:rows]:
         out.append(f"{100 * own[name] / samples:7.1f}  {100 * n / samples:7.1f}  {name}")
     return "\n".join(out) + "\n"
 
@@ -100,9 +104,9 @@ def pySpy(pid: int, seconds: float) -> str | None:
 
 
 def profileServer(bench: Bench, runtime: str, python: str, clientPython: str, kind: str,
-                  seconds: float, out: Path) -> Path:
-    scenario = SCENARIOS["P"]
+                  seconds: float, out: Path, scenario: Scenario) -> Path:
     pypy = runtime == "pypy"
+    suffix = "" if scenario.name == "P" else f"-{scenario.name}"
     spy = not pypy and shutil.which("py-spy") is not None
     sections: list[tuple[str, str]] = []
     with Server(kind, python, bench.serverCpu, debug=True, logDir=bench.logDir) as server:
@@ -110,28 +114,28 @@ def profileServer(bench: Bench, runtime: str, python: str, clientPython: str, ki
         assert server.port is not None
         length = seconds * (2 if spy else 1) + 4
         client = Client(
-            clientCommand(clientPython, server.port, scenario.connections, length, 20,
-                          window=scenario.window),
+            clientCommand(clientPython, server.port, scenario.connections, length,
+                          scenario.payloadSize, window=scenario.window, rate=scenario.rate),
             bench.clientCpu, timeout=length + 120,
         )
         time.sleep(1.5)
         if spy:
             raw = pySpy(server.pid, seconds)
             if raw is not None:
-                (out / f"{runtime}-{kind}.pyspy.txt").write_text(raw)
-                sections.append((f"py-spy, {seconds:g} s at 250 Hz, under P "
+                (out / f"{runtime}-{kind}{suffix}.pyspy.txt").write_text(raw)
+                sections.append((f"py-spy, {seconds:g} s at 250 Hz, under {scenario.name} "
                                  "(sampling: proportions as they are)", collapsedTop(raw)))
         try:
             table = server.profile(seconds)
         except OSError as e:
             table = f"(/debug/profile failed: {e})\n"
-        sections.append((f"/debug/profile (cProfile), {seconds:g} s under P "
+        sections.append((f"/debug/profile (cProfile), {seconds:g} s under {scenario.name} "
                          "(deterministic: the profiler's own cost inflates small calls)", table))
         result = client.result()
-    header = (f"{runtime} server {kind} under P (50 connections x 1000 in flight); during the "
+    header = (f"{runtime} server {kind} under {scenario.name} ({scenario.title}); during the "
               f"profiled run: {result['throughput_acks_per_s']:,.0f} acks/s (slowed by the "
               f"profiler), {result['errors']['total']} client errors\n")
-    path = out / f"{runtime}-{kind}.txt"
+    path = out / f"{runtime}-{kind}{suffix}.txt"
     path.write_text(header + "".join(f"\n== {title}\n\n{body}" for title, body in sections))
     log(f"wrote {path}")
     return path
@@ -152,10 +156,13 @@ def main(options: argparse.Namespace) -> int:
             servers[kind] = kind
     if not servers:
         servers[PRODUCT] = PRODUCT
+    # The first scenario named (P unless --scenarios says otherwise).
+    scenario = SCENARIOS[options.scenarios[0]]
     for runtime, python in interpreters.items():
         for kind in servers:
             try:
-                profileServer(bench, runtime, python, clientPython, kind, seconds, out)
+                profileServer(bench, runtime, python, clientPython, kind, seconds, out,
+                              scenario)
             except BenchError as e:
                 failures += 1
                 log(f"{runtime} {kind}: FAILED: {e}")

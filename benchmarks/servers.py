@@ -25,13 +25,15 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Server kinds: the product, the historical steps, the peers.
-STEP_NAMES = ("step0", "step1", "step2", "step3")
+STEP_NAMES = ("step0", "step1", "step2", "step3", "step4")
 PRODUCT = "final"
 PEERS = {
     "streams": "benchmarks.peers.asyncio_streams",
     "protocol": "benchmarks.peers.asyncio_protocol",
 }
-ALL_SERVERS = STEP_NAMES + (PRODUCT,) + tuple(PEERS)
+#: Proposed next steps (none open: the last ones are in the product).
+PROPOSALS: tuple[str, ...] = ()
+ALL_SERVERS = STEP_NAMES + (PRODUCT,) + tuple(PEERS) + PROPOSALS
 
 _LISTENING = re.compile(r"(tcpdemo server|tcpdemo metrics \(/metrics\)|tcpdemo debug \(/debug/\)) "
                         r"listening on tcp:[\d.]+:(\d+)")
@@ -231,6 +233,9 @@ class Server:
             return self.metrics()["process_cpu_seconds_total"]
         return procCpuSeconds(self.pid)
 
+    def runDelaySeconds(self) -> float:
+        return procRunDelaySeconds(self.pid)
+
     def rssBytes(self) -> int:
         return procRssBytes(self.pid)
 
@@ -279,6 +284,18 @@ def procCpuSeconds(pid: int) -> float:
         fields = f.read().rpartition(")")[2].split()
     # utime and stime are fields 14 and 15 of stat(5); 3 is the first here.
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def procRunDelaySeconds(pid: int) -> float:
+    """
+    Seconds the process's threads spent runnable but waiting for a CPU
+    (the second field of /proc/PID/schedstat, main thread; 0 if unknown).
+    """
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def procRssBytes(pid: int) -> int:

@@ -20,11 +20,15 @@ from benchmarks.steps import STEPS  # noqa: E402
 from tcpdemo.service import Options, makeService  # noqa: E402
 
 _step = os.environ.get("TCPDEMO_STEP", "")
-if _step not in STEPS:
-    raise SystemExit(f"TCPDEMO_STEP must be one of {', '.join(STEPS)}, not {_step!r}")
+if _step in STEPS:
+    _protocol = STEPS[_step]
+else:
+    raise SystemExit(
+        f"TCPDEMO_STEP must be one of {', '.join(STEPS)}, not {_step!r}"
+    )
 _options = Options()
 _options.parseOptions(shlex.split(os.environ.get("TCPDEMO_STEP_ARGS", "")))
 _service = makeService(_options)
-_service.factory.protocol = STEPS[_step]
+_service.factory.protocol = _protocol
 application = Application(f"tcpdemo-{_step}")
 _service.setServiceParent(application)

@@ -5,8 +5,9 @@ Each class below is the server protocol as it stood at one step of
 BENCHMARKS.md, kept so that the benchmark can run every step as a real
 C{twistd} server process (see C{step_app.tac}) and measure them side by side
 with the product.  The product is L{tcpdemo.protocol.TcpDemoServerProtocol};
-it is the last step ("final": since 59f54f1 a bulk scan of each read's run of
-Submits, C{scanSubmits}), and is run as C{twistd -n tcpdemo} itself.
+it is the last step ("final": since a0a88d2 the acks of a run of equal-sized
+Submits built by strided copies, C{submitRunAcks}, and sent at once when
+nothing waits), and is run as C{twistd -n tcpdemo} itself.
 
 The steps subclass the product's protocol, so that connection handling, Conn,
 bad input, backpressure and drain stay the product's; each overrides only the
@@ -24,6 +25,9 @@ leak into them.
   - step3 "ids fast path": commit 4f851ad's C{tcpdemo/protocol.py}: a
     well-formed Submit is reduced to its 8-byte id in C{stringReceived}, and
     the acks of a read are built with one join.
+  - step4 "bulk scan": commits 59f54f1..69176ba: the leading run of Submits
+    of each read is taken in bulk (strided header checks, one comprehension
+    for the ids) before the frame loop sees it.
 """
 
 from __future__ import annotations
@@ -232,12 +236,82 @@ class Step3IdsFastPath(HistoricalFrameLoop):
             self._otherPacket(string)
 
 
+_SUBMIT_FRAME_MIN = HEADER_SIZE + 1 + ID_SIZE
+_unpackLength = LENGTH.unpack_from
+
+
+def bulkScanSubmits(data: bytes, maxLength: int, ids: list[bytes]) -> int:
+    """
+    C{scanSubmits} as of commits 59f54f1..69176ba: append the id of every
+    complete, well-formed Submit frame at the start of C{data} to C{ids};
+    return where the first other (or incomplete) frame starts.  A run of
+    equal-sized frames is checked with five strided slices and its ids cut
+    out with one comprehension; frames of varied sizes one at a time.
+    """
+    size = len(data)
+    if size < _SUBMIT_FRAME_MIN:
+        return 0
+    (length,) = _unpackLength(data, 0)
+    if not _SUBMIT_FRAME_MIN <= length <= maxLength or data[HEADER_SIZE] != SUBMIT:
+        return 0
+    offset = 0
+    count = size // length
+    if count > 1:
+        end = count * length
+        for i in range(HEADER_SIZE + 1):
+            if data[i:end:length] != data[i : i + 1] * count:
+                break
+        else:
+            idStart = HEADER_SIZE + 1
+            ids += [data[o : o + ID_SIZE] for o in range(idStart, end, length)]
+            offset = end
+    append = ids.append
+    while size - offset >= _SUBMIT_FRAME_MIN:
+        (length,) = _unpackLength(data, offset)
+        end = offset + length
+        if (
+            not _SUBMIT_FRAME_MIN <= length <= maxLength
+            or data[offset + HEADER_SIZE] != SUBMIT
+            or end > size
+        ):
+            break
+        append(data[offset + HEADER_SIZE + 1 : offset + _SUBMIT_FRAME_MIN])
+        offset = end
+    return offset
+
+
+class Step4BulkScan(Step3IdsFastPath):
+    """
+    step4 "bulk scan", as in commits 59f54f1..69176ba: before the frame
+    loop sees a read, L{bulkScanSubmits} takes its leading run of
+    well-formed Submits as ids, without a method call per frame; the frame
+    loop (and step3's C{stringReceived}) handles whatever is left.  Acks as
+    in step3: one join, one C{transport.write} per read.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if data:
+            self.factory.metrics.bytes_received.inc(len(data))
+            if self.timeOut is not None:
+                self.resetTimeout()
+        if self._authenticated and not self.paused:
+            buffered = self._unprocessed
+            alldata = buffered + data if buffered else data
+            offset = bulkScanSubmits(alldata, self.MAX_LENGTH, self._ids)
+            self._unprocessed = b""
+            data = alldata[offset:] if offset else alldata
+        self._parse(data)
+
+
 #: Step name -> protocol class, in the order of the record.
 STEPS: dict[str, type[FrameReceiver]] = {
     "step0": Step0Naive,
     "step1": Step1BatchedWrites,
     "step2": Step2CountersPerRead,
     "step3": Step3IdsFastPath,
+    "step4": Step4BulkScan,
 }
 
 __all__: list[str] = ["STEPS"] + [cls.__name__ for cls in STEPS.values()]
