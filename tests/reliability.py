@@ -29,6 +29,8 @@ import attrs
 from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 
+from tcpdemo.metrics import PROTOCOL_ERROR_REASONS
+
 from .support import LOOPBACK, TwistdServer, metric, recvUntilClosed, waitFor
 
 log = Logger(namespace="tcpdemo.reliability")
@@ -39,14 +41,7 @@ _LENGTH = struct.Struct("!i")
 ID_MODULUS = 10**8
 
 #: Every reason label of C{tcpdemo_protocol_errors_total}.
-REASONS = (
-    "bad_length",
-    "frame_too_large",
-    "unknown_command",
-    "unexpected_command",
-    "malformed_packet",
-    "auth_failed",
-)
+REASONS = PROTOCOL_ERROR_REASONS
 
 
 def report(what: str, **figures: object) -> None:
@@ -579,29 +574,6 @@ def refusedNow(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-def pushUntilBlocked(sock: socket.socket, frames: bytes, seconds: float = 1.0) -> int:
-    """
-    Write C{frames} over and over without reading, until the peer has taken
-    nothing for C{seconds}; return how many bytes were sent.
-    """
-    sock.setblocking(False)
-    sent = 0
-    view = memoryview(frames)
-    offset = 0
-    lastProgress = time.monotonic()
-    while time.monotonic() - lastProgress < seconds:
-        try:
-            n = sock.send(view[offset:])
-        except BlockingIOError:
-            time.sleep(0.01)
-            continue
-        sent += n
-        offset = (offset + n) % len(frames)
-        lastProgress = time.monotonic()
-    sock.setblocking(True)
-    return sent
 
 
 def waitForLine(stream: IO[bytes], timeout: float) -> bytes:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -212,6 +212,44 @@ def waitFor(condition, timeout: float = 10.0, interval: float = 0.05, what: str 
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def waitUntilSteady(read: Callable[[], object], pause: float, what: str) -> None:
+    """
+    Wait (as L{waitFor}) until two calls of C{read}, C{pause} seconds apart,
+    give equal values: e.g. a byte counter once the server stops reading.
+    """
+
+    def steady() -> bool:
+        before = read()
+        time.sleep(pause)
+        return read() == before
+
+    waitFor(steady, what=what)
+
+
+def pushUntilBlocked(sock: socket.socket, frames: bytes, seconds: float = 1.0) -> int:
+    """
+    Write C{frames} over and over without reading, until the peer has taken
+    nothing for C{seconds}; return how many bytes were sent.  After the last
+    frame, the writes go on from the first one again.
+    """
+    sock.setblocking(False)
+    sent = 0
+    view = memoryview(frames)
+    offset = 0
+    lastProgress = time.monotonic()
+    while time.monotonic() - lastProgress < seconds:
+        try:
+            n = sock.send(view[offset:])
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        sent += n
+        offset = (offset + n) % len(frames)
+        lastProgress = time.monotonic()
+    sock.setblocking(True)
+    return sent
 
 
 def metric(samples: dict[str, float], name: str, default: float | None = None) -> float:

@@ -47,43 +47,13 @@ from tcpdemo.metrics import ServerMetrics
 from tcpdemo.protocol import TcpDemoServerFactory
 from tcpdemo.service import Options
 
+from .support import LOOPBACK, freePort, subprocessEnv, twistdCommand
+
 PYPY = platform.python_implementation() == "PyPy"
-LOOPBACK = "127.0.0.1"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The global reactor, typed loosely: it provides many interfaces at once.
 reactor: Any = _reactor
 
 # Helpers
-
-
-def freePort() -> int:
-    """
-    A TCP port on loopback that was free a moment ago.
-    """
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
-
-
-def childEnv() -> dict[str, str]:
-    """
-    The environment for child processes: this checkout first on the path, so
-    that they run the code under test and find its twistd plugin.
-    """
-    env = dict(os.environ)
-    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, *paths])
-    return env
-
-
-def twistdCommand() -> list[str]:
-    """
-    The real twistd of this interpreter.
-    """
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [sys.executable, script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 async def sleep(seconds: float) -> None:
@@ -343,7 +313,7 @@ class ProfileUnderLoadTests(HTTPTestCase):
         load = Child()
         # At most 30 s and 50 million acks; closing its stdin stops it sooner.
         args = [sys.executable, "-c", LOAD_SCRIPT, str(serverPort.getHost().port), "30", "50000000"]
-        reactor.spawnProcess(load, sys.executable, args, env=childEnv())
+        reactor.spawnProcess(load, sys.executable, args, env=subprocessEnv())
         self.addCleanup(load.kill)
         await waitUntil(lambda: acked() >= 10000 or load.ended.called, "the load to start")
         self.assertFalse(load.ended.called, load.text())
@@ -717,7 +687,7 @@ class TwistdTests(TestCase):
             *extra,
         ]
         child = Child()
-        reactor.spawnProcess(child, args[0], args, env=childEnv(), path=workdir)
+        reactor.spawnProcess(child, args[0], args, env=subprocessEnv(), path=workdir)
         self.addCleanup(child.kill)
         return child
 

@@ -18,7 +18,6 @@ from .reliability import (
     ServerTestCase,
     ackFor,
     errorCounts,
-    pushUntilBlocked,
     refusedNow,
     report,
     resetClose,
@@ -27,7 +26,14 @@ from .reliability import (
     waitForLine,
     waitForProgress,
 )
-from .support import metric, recvExactly, recvUntilClosed, subprocessEnv, waitFor
+from .support import (
+    metric,
+    pushUntilBlocked,
+    recvExactly,
+    recvUntilClosed,
+    subprocessEnv,
+    waitFor,
+)
 
 #: A client process that pipelines Submits in writes of random sizes (so a
 #: kill lands in the middle of a frame as often as not), reads its acks as
@@ -106,6 +112,17 @@ class KilledClientTests(ServerTestCase):
         rng = random.Random()
         killed = 0
 
+        def killedGone() -> None:
+            """
+            The killed clients' connections go, and the clean one goes on.
+            """
+            waitFor(
+                lambda: metric(server.scrape(), "tcpdemo_client_connected") == 1,
+                timeout=15,
+                what="the killed clients' connections to go",
+            )
+            waitForProgress(clean, 1000)
+
         # One by one, at random moments.
         procs = self.spawnClients(server.port, 8, rng.randrange(1 << 30))
         waitFor(lambda: metric(server.scrape(), "tcpdemo_client_connected") == 9)
@@ -114,12 +131,7 @@ class KilledClientTests(ServerTestCase):
             proc.send_signal(signal.SIGKILL)
             self.assertEqual(proc.wait(10), -signal.SIGKILL)
             killed += 1
-        waitFor(
-            lambda: metric(server.scrape(), "tcpdemo_client_connected") == 1,
-            timeout=15,
-            what="the killed clients' connections to go",
-        )
-        waitForProgress(clean, 1000)
+        killedGone()
 
         # All at once.
         procs = self.spawnClients(server.port, 8, rng.randrange(1 << 30))
@@ -130,12 +142,7 @@ class KilledClientTests(ServerTestCase):
         for proc in procs:
             self.assertEqual(proc.wait(10), -signal.SIGKILL)
             killed += 1
-        waitFor(
-            lambda: metric(server.scrape(), "tcpdemo_client_connected") == 1,
-            timeout=15,
-            what="the killed clients' connections to go",
-        )
-        waitForProgress(clean, 1000)
+        killedGone()
 
         samples = server.scrape()
         self.assertEqual(errorCounts(samples), {reason: 0 for reason in REASONS})

@@ -5,10 +5,8 @@ TCP with blocking sockets, its C{/metrics} scraped over HTTP.
 
 from __future__ import annotations
 
-import errno
 import platform
 import socket
-import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -16,36 +14,13 @@ from .support import (
     TwistdServer,
     ackFrame,
     metric,
+    pushUntilBlocked,
     recvExactly,
     recvUntilClosed,
     submitFrame,
     waitFor,
+    waitUntilSteady,
 )
-
-
-def pushUntilBlocked(sock: socket.socket, frames: bytes, seconds: float = 1.0) -> int:
-    """
-    Write C{frames} over and over without reading, until the peer has
-    stopped taking bytes for C{seconds}; return how many bytes were sent.
-    """
-    sock.setblocking(False)
-    sent = 0
-    view = memoryview(frames)
-    offset = 0
-    lastProgress = time.monotonic()
-    while time.monotonic() - lastProgress < seconds:
-        try:
-            n = sock.send(view[offset:])
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise
-            time.sleep(0.01)
-            continue
-        sent += n
-        offset = (offset + n) % len(frames)
-        lastProgress = time.monotonic()
-    sock.setblocking(True)
-    return sent
 
 
 class TwistdTests(SynchronousTestCase):
@@ -137,12 +112,11 @@ class TwistdTests(SynchronousTestCase):
         frames = b"".join(submitFrame(i, b"p" * 9) for i in range(1, count + 1))
         sent = pushUntilBlocked(sock, frames)
 
-        def steady() -> bool:
-            before = metric(server.scrape(), "tcpdemo_bytes_received_total")
-            time.sleep(0.3)
-            return metric(server.scrape(), "tcpdemo_bytes_received_total") == before
-
-        waitFor(steady, what="the server to stop reading")
+        waitUntilSteady(
+            lambda: metric(server.scrape(), "tcpdemo_bytes_received_total"),
+            0.3,
+            what="the server to stop reading",
+        )
         samples = server.scrape()
         self.assertGreater(metric(samples, "tcpdemo_backpressure_pauses_total"), 0)
         owed = int(metric(samples, "tcpdemo_bytes_received_total")) // size

@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import tempfile
-import time
 from typing import Any
 
 from twisted.internet import error
@@ -29,12 +28,14 @@ from .support import (
     ackFrame,
     metric,
     perWorker,
+    pushUntilBlocked,
     recvExactly,
     recvUntilClosed,
     runLoadClient,
     submitFrame,
     waitFor,
     waitForWorkers,
+    waitUntilSteady,
     workerPids,
 )
 
@@ -360,14 +361,13 @@ class WorkersTests(SynchronousTestCase):
         count = 200000
         frames = b"".join(submitFrame(i, b"p" * 9) for i in range(1, count + 1))
         for socks in byWorker.values():
-            pushWithoutReading(socks[0], frames)
+            pushUntilBlocked(socks[0], frames)
 
-        def steady() -> bool:
-            before = perWorker(server.scrape(), "tcpdemo_worker_bytes_received_total")
-            time.sleep(0.5)
-            return perWorker(server.scrape(), "tcpdemo_worker_bytes_received_total") == before
-
-        waitFor(steady, what="the workers to stop reading")
+        waitUntilSteady(
+            lambda: perWorker(server.scrape(), "tcpdemo_worker_bytes_received_total"),
+            0.5,
+            what="the workers to stop reading",
+        )
         samples = server.scrape()
         self.assertGreater(metric(samples, "tcpdemo_backpressure_pauses_total"), 0)
         owed = {
@@ -429,27 +429,3 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
-
-
-def pushWithoutReading(sock: socket.socket, frames: bytes, seconds: float = 1.0) -> int:
-    """
-    Write C{frames} over and over without reading, until the peer has
-    stopped taking bytes for C{seconds}; return how many bytes were sent.
-    """
-    sock.setblocking(False)
-    sent = 0
-    offset = 0
-    view = memoryview(frames)
-    lastProgress = time.monotonic()
-    while time.monotonic() - lastProgress < seconds:
-        try:
-            n = sock.send(view[offset:])
-        except BlockingIOError:
-            time.sleep(0.01)
-            continue
-        sent += n
-        offset = (offset + n) % len(frames)
-        lastProgress = time.monotonic()
-    sock.setblocking(True)
-    return sent
-
