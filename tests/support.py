@@ -99,6 +99,9 @@ class TwistdServer:
             stderr=subprocess.PIPE,
         )
         self.waitForLog(r"tcpdemo server listening on")
+        if metrics:
+            # Listened just after the server: a scrape may not come earlier.
+            self.waitForLog(r"tcpdemo metrics \(/metrics\) listening on")
 
     @property
     def pid(self) -> int:
