@@ -307,6 +307,7 @@ class Bench:
         self.runs: list[dict[str, Any]] = []
         self.failures: list[str] = []
         self.passed = 0
+        self.productAtStart = ""
         cpus = os.cpu_count() or 1
         pin = options.pin and cpus >= 2 and shutil.which("taskset") is not None
         self.serverCpu: int | None = 0 if pin else None
@@ -455,6 +456,7 @@ class Bench:
             + f"; client: {interpreterVersion(clientPython)}; pinning: "
             + ("server CPU 0, client CPU 1" if self.serverCpu is not None else "off"))
         started = time.time()
+        self.productAtStart = productDigest()
         for round_ in range(1, options.runs + 1 if not options.smoke else 1):
             for runtime, python in interpreters.items():
                 for kind in options.servers:
@@ -484,6 +486,8 @@ class Bench:
         out.mkdir(parents=True, exist_ok=True)
         meta = environment(interpreters, clientPython, self.serverCpu, self.clientCpu)
         meta["elapsed_s"] = round(elapsed)
+        meta["protocol_sha256_at_start"] = self.productAtStart
+        meta["tcpdemo_changed_during_run"] = self.productAtStart != meta["protocol_sha256"]
         meta["duration_s"] = self.options.duration
         meta["warmup_s"] = self.options.warmup
         meta["rounds"] = self.options.runs
@@ -514,6 +518,16 @@ def mergeResults(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def productDigest() -> str:
+    """
+    A digest of the product's hot path (protocol.py and frame.py), to tell
+    whether it changed while a run went on.
+    """
+    return hashlib.sha256(
+        (ROOT / "tcpdemo" / "protocol.py").read_bytes()
+        + (ROOT / "tcpdemo" / "frame.py").read_bytes()).hexdigest()[:12]
+
+
 def environment(interpreters: dict[str, str], clientPython: str,
                 serverCpu: int | None, clientCpu: int | None) -> dict[str, Any]:
     def git(*args: str) -> str:
@@ -536,9 +550,7 @@ def environment(interpreters: dict[str, str], clientPython: str,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": git("rev-parse", "--short", "HEAD"),
         "tcpdemo_modified_in_tree": bool(dirty),
-        "protocol_sha256": hashlib.sha256(
-            (ROOT / "tcpdemo" / "protocol.py").read_bytes()
-            + (ROOT / "tcpdemo" / "frame.py").read_bytes()).hexdigest()[:12],
+        "protocol_sha256": productDigest(),
         "cpus": os.cpu_count(),
         "cpu_model": cpuModel,
         "kernel": platform.release(),

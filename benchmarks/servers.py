@@ -31,8 +31,13 @@ PEERS = {
     "streams": "benchmarks.peers.asyncio_streams",
     "protocol": "benchmarks.peers.asyncio_protocol",
 }
-#: Proposed next steps (none open: the last ones are in the product).
-PROPOSALS: tuple[str, ...] = ()
+#: Experiments for the next step: the product with other options.  Not run
+#: by default; "final-64k" reads (and pauses on unsent acks) at 64 KiB rather
+#: than at --write-buffer-limit's default of 256 KiB.
+PRODUCT_VARIANTS: dict[str, list[str]] = {
+    "final-64k": ["--write-buffer-limit", "65536"],
+}
+PROPOSALS = tuple(PRODUCT_VARIANTS)
 ALL_SERVERS = STEP_NAMES + (PRODUCT,) + tuple(PEERS) + PROPOSALS
 
 _LISTENING = re.compile(r"(tcpdemo server|tcpdemo metrics \(/metrics\)|tcpdemo debug \(/debug/\)) "
@@ -130,13 +135,15 @@ class Server:
         twistd = twistdCommand(self.python) + ["-n", "--pidfile="]
         if self.kind == PRODUCT:
             return twistd + ["tcpdemo"] + args
+        if self.kind in PRODUCT_VARIANTS:
+            return twistd + ["tcpdemo"] + args + PRODUCT_VARIANTS[self.kind]
         return twistd + ["-y", str(ROOT / "benchmarks" / "step_app.tac")]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.kind in PEERS:
             env["PYTHONPATH"] = str(ROOT)
-        elif self.kind != PRODUCT:
+        elif self.kind != PRODUCT and self.kind not in PRODUCT_VARIANTS:
             listen = f"tcp:0:interface={LOOPBACK}"
             args = f"--port {listen} --metrics {listen}"
             if self.debug:
