@@ -52,8 +52,8 @@ from benchmarks.servers import (
     Server,
     clientCommand,
     interpreterVersion,
-    raiseFileLimit,
 )
+from tcpdemo.service import raiseFileLimit
 
 RESULTS = ROOT / "benchmarks" / "results"
 VENV = ROOT / "benchmarks" / ".venv"

@@ -31,8 +31,8 @@ from benchmarks.servers import (
     Client,
     Server,
     clientCommand,
-    raiseFileLimit,
 )
+from tcpdemo.service import raiseFileLimit
 
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 TOP = 20

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import signal
 import subprocess
 import sys
@@ -51,21 +50,6 @@ class BenchError(Exception):
     """
     A server or the client did not behave: the run cannot be measured.
     """
-
-
-def raiseFileLimit() -> int:
-    """
-    Raise this process's soft RLIMIT_NOFILE to the hard limit; every server
-    and client started from here inherits it.  Returns the new soft limit.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
-    return soft
 
 
 def twistdCommand(python: str) -> list[str]:

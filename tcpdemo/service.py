@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 from tcpdemo.metrics import ServerMetrics, metricsSite
+from tcpdemo.optiontypes import nonNegativeFloat, positiveInt
 from tcpdemo.protocol import DEFAULT_WRITE_BUFFER_LIMIT, TcpDemoServerFactory
 
 DEFAULT_PORT = "tcp:8888"
@@ -44,20 +45,6 @@ def withBacklog(description: str, backlog: int) -> str:
     return f"{description}:backlog={backlog}"
 
 
-def _positiveInt(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError(f"must be a positive integer, not {value}")
-    return number
-
-
-def _nonNegativeFloat(value: str) -> float:
-    number = float(value)
-    if number < 0:
-        raise ValueError(f"must be >= 0, not {value}")
-    return number
-
-
 def _frameLength(value: str) -> int:
     number = int(value)
     if number < MIN_FRAME_LENGTH or number > 2**31 - 1:
@@ -68,7 +55,7 @@ def _frameLength(value: str) -> int:
 def _workers(value: str) -> int:
     if value.strip().lower() == "auto":
         return os.cpu_count() or 1
-    return _positiveInt(value)
+    return positiveInt(value)
 
 
 #: --worker-sockets values.
@@ -139,7 +126,7 @@ class Options(usage.Options):
             None,
             0.0,
             "Close a connection that sends nothing for this many seconds (0: off).",
-            _nonNegativeFloat,
+            nonNegativeFloat,
         ],
         [
             "write-buffer-limit",
@@ -147,21 +134,21 @@ class Options(usage.Options):
             DEFAULT_WRITE_BUFFER_LIMIT,
             "Stop reading from a connection while more than this many bytes of "
             "its acks are unsent.",
-            _positiveInt,
+            positiveInt,
         ],
         [
             "backlog",
             None,
             DEFAULT_BACKLOG,
             "Listen backlog added to tcp/ssl/unix endpoints that do not set one.",
-            _positiveInt,
+            positiveInt,
         ],
         [
             "grace-period",
             None,
             DEFAULT_GRACE_PERIOD,
             "On stop, seconds to deliver owed acks before closing connections hard.",
-            _nonNegativeFloat,
+            nonNegativeFloat,
         ],
         [
             "auth-token-file",

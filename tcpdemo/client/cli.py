@@ -26,6 +26,7 @@ from twisted.python import usage
 
 from tcpdemo.client.load import DEFAULT_WINDOW, LoadConfig, LoadRun, SetupError
 from tcpdemo.client.stats import PERCENTILES, Report
+from tcpdemo.optiontypes import nonNegativeInt, positiveFloat, positiveInt
 from tcpdemo.service import raiseFileLimit
 
 PROG = "tcpdemo-client"
@@ -36,27 +37,6 @@ DEFAULT_DURATION = 10.0
 EXIT_OK = 0
 EXIT_ERRORS = 1
 EXIT_USAGE = 2
-
-
-def _positiveInt(value: str) -> int:
-    number = int(value)
-    if number <= 0:
-        raise ValueError(f"must be a positive integer, not {value}")
-    return number
-
-
-def _nonNegativeInt(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError(f"must be >= 0, not {value}")
-    return number
-
-
-def _positiveFloat(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError(f"must be > 0, not {value}")
-    return number
 
 
 def endpointFor(port: str, host: str | None) -> str:
@@ -94,7 +74,7 @@ class Options(usage.Options):
         ["quiet", "q", "No progress display."],
     ]
     optParameters: list[list[Any]] = [
-        ["connections", "c", 100, "Connections to open.", _positiveInt],
+        ["connections", "c", 100, "Connections to open.", positiveInt],
         ["host", None, None, f"Server host, with a numeric --port [default: {DEFAULT_HOST}]."],
         [
             "port",
@@ -110,7 +90,7 @@ class Options(usage.Options):
             "Submits awaiting an ack per connection: 1 is request/response, 0 is "
             "unbounded (as fast as the connection takes them, like the reference "
             f"client) [default: {DEFAULT_WINDOW}].",
-            _nonNegativeInt,
+            nonNegativeInt,
         ],
         [
             "rate",
@@ -118,17 +98,17 @@ class Options(usage.Options):
             None,
             "Open loop: send this many Submits per second in all, on schedule, "
             "whether or not acks came back. Excludes --window.",
-            _positiveFloat,
+            positiveFloat,
         ],
-        ["duration", "d", None, "Seconds to send for.", _positiveFloat],
-        ["count", "n", None, "Submits to send in all, shared among the connections.", _positiveInt],
+        ["duration", "d", None, "Seconds to send for.", positiveFloat],
+        ["count", "n", None, "Submits to send in all, shared among the connections.", positiveInt],
         [
             "payload-size",
             "s",
             None,
             "Payload bytes per Submit [default: random codenames of 15-30 bytes, "
             "as the reference client].",
-            _nonNegativeInt,
+            nonNegativeInt,
         ],
         [
             "token-file",
@@ -142,21 +122,21 @@ class Options(usage.Options):
             5.0,
             "After sending stops, wait for the acks still owed until none has "
             "arrived for this many seconds; those still missing then are errors.",
-            _positiveFloat,
+            positiveFloat,
         ],
         [
             "connect-timeout",
             None,
             10.0,
             "Seconds allowed for connecting and the Conn handshake.",
-            _positiveFloat,
+            positiveFloat,
         ],
         [
             "progress-interval",
             None,
             None,
             "Seconds between progress updates on stderr [default: 1 on a terminal, else 5].",
-            _positiveFloat,
+            positiveFloat,
         ],
     ]
 
