@@ -702,6 +702,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         ParentWatch(0, lambda: stop("the parent went away"))
     )
     reactor.run()
+    # The reactor put the default handlers back as it stopped: a SIGTERM
+    # now (the parent's, after one sent to the whole process group) would
+    # kill a worker that has already delivered everything it owed.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(0 if service.drainedCleanly is not False else 1)
 
 

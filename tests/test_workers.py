@@ -392,6 +392,26 @@ class WorkersTests(SynchronousTestCase):
             self.assertIn(f"worker {worker} (pid {pid}) exited with status 0", log)
         self.assertIn("Server Shut Down", log)
 
+    def test_sigtermToEveryProcess(self) -> None:
+        """
+        SIGTERM to the parent and every worker at once, as systemd's
+        default KillMode=control-group sends it: each worker drains and
+        exits 0 (the parent's own SIGTERM, arriving after a worker's
+        reactor stopped, must not turn that into "killed by SIGTERM"), and
+        twistd exits 0.
+        """
+        server, pids = self.startServer()
+        for worker in pids:
+            server.waitForLog(rf"worker {worker}: tcpdemo worker accepting on")
+        status, report = runLoadClient(server.port, "--connections", "4", "--count", "2000")
+        self.assertEqual((status, report["acked"]), (0, 2000), report["errors"])
+        for pid in [server.pid, *pids.values()]:
+            os.kill(pid, signal.SIGTERM)
+        self.assertEqual(server.process.wait(30), 0, server.log())
+        log = server.log()
+        for worker, pid in pids.items():
+            self.assertIn(f"worker {worker} (pid {pid}) exited with status 0", log)
+
     def test_sharedSocket(self) -> None:
         """
         --worker-sockets shared: one socket for both workers; every ack
