@@ -11,7 +11,9 @@ C{tcpdemo-client} running under PyPy so that the client is not the
 bottleneck.  The server's CPU seconds are read before and after each run
 (C{process_cpu_seconds_total} from its /metrics; /proc for the peers), its
 RSS from /proc.  With two or more CPUs the server is pinned to CPU 0 and the
-client to CPU 1 (C{--no-pin} to turn that off).
+client to CPU 1 (C{--no-pin} to turn that off); the C{--workers N} servers
+(workers1, workers2; not in the default set) and their clients are never
+pinned, and their CPU and RSS are those of the parent and its workers.
 
 Scenarios (fixed, named):
   - P pipelined: 50 connections x 1000 Submits in flight, 20-byte payloads;
@@ -47,6 +49,7 @@ from benchmarks.servers import (
     PROPOSALS,
     ROOT,
     STEP_NAMES,
+    WORKERS,
     BenchError,
     Client,
     Server,
@@ -367,22 +370,27 @@ class Bench:
         warm = self.options.warmup
         shared = [s for s in scenarios.values() if not s.fresh]
         fresh = [s for s in scenarios.values() if s.fresh]
+        # The workers are spread over every CPU: pinning the client to one of
+        # them would favour neither, so nothing is pinned.
+        serverCpu, clientCpu = ((None, None) if kind in WORKERS
+                                else (self.serverCpu, self.clientCpu))
+        pinned = {"pinned": serverCpu is not None}
         if shared:
-            with Server(kind, python, self.serverCpu, logDir=self.logDir) as server:
-                warmUp(server, clientPython, warm, self.clientCpu,
+            with Server(kind, python, serverCpu, logDir=self.logDir) as server:
+                warmUp(server, clientPython, warm, clientCpu,
                        *((5, 100) if self.options.smoke else (50, 1000)))
                 for scenario in shared:
-                    self.record(runtime, kind, round_, runScenario(
-                        server, scenario, clientPython, duration, self.clientCpu))
+                    self.record(runtime, kind, round_, {**runScenario(
+                        server, scenario, clientPython, duration, clientCpu), **pinned})
                 self.checkExit(server)
         for scenario in fresh:
-            with Server(kind, python, self.serverCpu, logDir=self.logDir) as server:
+            with Server(kind, python, serverCpu, logDir=self.logDir) as server:
                 # A short, light warm-up: the code paths, not the buffers.
-                warmUp(server, clientPython, min(warm, 1.0), self.clientCpu, 10, 10)
+                warmUp(server, clientPython, min(warm, 1.0), clientCpu, 10, 10)
                 time.sleep(0.5)
-                self.record(runtime, kind, round_, runScenario(
-                    server, scenario, clientPython, duration, self.clientCpu,
-                    onConnected=idleConnections(server, scenario)))
+                self.record(runtime, kind, round_, {**runScenario(
+                    server, scenario, clientPython, duration, clientCpu,
+                    onConnected=idleConnections(server, scenario)), **pinned})
                 self.checkExit(server)
 
     def smokeRun(self, interpreters: dict[str, str], clientPython: str,
@@ -585,9 +593,9 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runtimes", type=names(("cpython", "pypy", "current")),
                         default=None, help="server runtimes [cpython,pypy; smoke: current]")
     parser.add_argument("--servers", type=names(ALL_SERVERS), default=None,
-                        help=f"servers to run, of {','.join(ALL_SERVERS)} [all; the smoke run "
-                        "checks them all with the PROTOCOL.md vectors and runs the "
-                        "scenarios against final]")
+                        help=f"servers to run, of {','.join(ALL_SERVERS)} [the steps, final "
+                        "and the peers; the smoke run checks all of them with the "
+                        "PROTOCOL.md vectors and runs the scenarios against final]")
     parser.add_argument("--scenarios", type=names(tuple(SCENARIOS)), default=list(SCENARIOS),
                         help="scenarios [P,R,O,C,V; steps run only P and R]")
     parser.add_argument("--runs", type=int, default=None,
@@ -618,7 +626,7 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
     if options.servers is None:
         options.servers = list(STEP_NAMES) + [PRODUCT] + list(PEERS)
         if smoke:
-            options.servers += list(PROPOSALS)
+            options.servers += list(PROPOSALS) + list(WORKERS)
     if options.runs is None:
         options.runs = 1 if smoke else 3
     if options.duration is None:

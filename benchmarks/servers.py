@@ -3,8 +3,9 @@ Starting, measuring and stopping one server process, and running the client.
 
 Every server is a separate process on loopback, on a port the kernel picks
 (so that runs never collide with anything else on the machine): the
-product (C{twistd -n tcpdemo}), a historical step (C{twistd -n -y
-benchmarks/step_app.tac}) or a comparison peer (C{benchmarks/peers}).
+product (C{twistd -n tcpdemo}, or with C{--workers N}), a historical step
+(C{twistd -n -y benchmarks/step_app.tac}) or a comparison peer
+(C{benchmarks/peers}).
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ PRODUCT_VARIANTS: dict[str, list[str]] = {
     "final-64k": ["--write-buffer-limit", "65536"],
 }
 PROPOSALS = tuple(PRODUCT_VARIANTS)
-ALL_SERVERS = STEP_NAMES + (PRODUCT,) + tuple(PEERS) + PROPOSALS
+#: The product with C{--workers N}: a parent and N worker processes (with
+#: C{--workers 1}, as by default, one process and no workers).  Never
+#: pinned (the workers need every CPU), so neither is its client: on a
+#: 2-core machine the client competes with the workers for the cores.
+WORKERS: dict[str, int] = {"workers1": 1, "workers2": 2}
+ALL_SERVERS = STEP_NAMES + (PRODUCT,) + tuple(PEERS) + PROPOSALS + tuple(WORKERS)
 
 _LISTENING = re.compile(r"(tcpdemo server|tcpdemo metrics \(/metrics\)|tcpdemo debug \(/debug/\)) "
                         r"listening on tcp:[\d.]+:(\d+)")
+_WORKER_ACCEPTING = re.compile(r"worker \d+: tcpdemo worker accepting on")
 _PEER_LISTENING = re.compile(r"^listening on [\d.]+:(\d+)", re.M)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 LOOPBACK = "127.0.0.1"
@@ -105,6 +112,29 @@ class Server:
         return self.kind not in PEERS
 
     @property
+    def pinnable(self) -> bool:
+        """
+        Whether the server is one process that belongs on one CPU.
+        """
+        return self.kind not in WORKERS
+
+    @property
+    def workerProcesses(self) -> int:
+        """
+        How many worker processes it runs: C{--workers 1} is the one process
+        of C{twistd -n tcpdemo}, with none.
+        """
+        count = WORKERS.get(self.kind, 1)
+        return count if count > 1 else 0
+
+    @property
+    def isProduct(self) -> bool:
+        """
+        Run as C{twistd -n tcpdemo} with options, not as a step or a peer.
+        """
+        return self.kind == PRODUCT or self.kind in PRODUCT_VARIANTS or self.kind in WORKERS
+
+    @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
@@ -121,13 +151,15 @@ class Server:
             return twistd + ["tcpdemo"] + args
         if self.kind in PRODUCT_VARIANTS:
             return twistd + ["tcpdemo"] + args + PRODUCT_VARIANTS[self.kind]
+        if self.kind in WORKERS:
+            return twistd + ["tcpdemo"] + args + ["--workers", str(WORKERS[self.kind])]
         return twistd + ["-y", str(ROOT / "benchmarks" / "step_app.tac")]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.kind in PEERS:
             env["PYTHONPATH"] = str(ROOT)
-        elif self.kind != PRODUCT and self.kind not in PRODUCT_VARIANTS:
+        elif not self.isProduct:
             listen = f"tcp:0:interface={LOOPBACK}"
             args = f"--port {listen} --metrics {listen}"
             if self.debug:
@@ -190,6 +222,8 @@ class Server:
             self.port is not None
             and self.metricsPort is not None
             and (self.debugPort is not None or not self.debug)
+            # Every worker accepts: none of the connections waits for one.
+            and len(_WORKER_ACCEPTING.findall(text)) >= self.workerProcesses
         )
 
     def logTail(self, lines: int = 30) -> str:
@@ -224,14 +258,20 @@ class Server:
             return self.metrics()["process_cpu_seconds_total"]
         return procCpuSeconds(self.pid)
 
+    def processes(self) -> list[int]:
+        """
+        The server's process and, with C{--workers}, its workers.
+        """
+        return procTree(self.pid)
+
     def runDelaySeconds(self) -> float:
-        return procRunDelaySeconds(self.pid)
+        return sum(procRunDelaySeconds(pid) for pid in self.processes())
 
     def rssBytes(self) -> int:
-        return procRssBytes(self.pid)
+        return sum(procRssBytes(pid) for pid in self.processes())
 
     def openFiles(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in self.processes())
 
     def profile(self, seconds: float) -> str:
         """
@@ -268,6 +308,28 @@ class Server:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def procTree(pid: int) -> list[int]:
+    """
+    C{pid} and its descendants, from the parent pids in /proc.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
 
 
 def procCpuSeconds(pid: int) -> float:
