@@ -21,6 +21,7 @@ TITLES = {
     "step2": "step2 counters per read",
     "step3": "step3 ids fast path",
     "step4": "step4 bulk scan",
+    "step5": "step5 acks built in C",
     "final": "final (product)",
     "streams": "peer: asyncio streams",
     "protocol": "peer: asyncio Protocol",
@@ -30,6 +31,7 @@ TITLES = {
 }
 SHORT = {
     "step0": "step0", "step1": "step1", "step2": "step2", "step3": "step3", "step4": "step4",
+    "step5": "step5",
     "final": "final", "streams": "streams peer", "protocol": "Protocol peer",
     "final-64k": "final, 64 KiB reads",
     "workers1": "--workers 1", "workers2": "--workers 2",

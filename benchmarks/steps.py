@@ -5,9 +5,9 @@ Each class below is the server protocol as it stood at one step of
 BENCHMARKS.md, kept so that the benchmark can run every step as a real
 C{twistd} server process (see C{step_app.tac}) and measure them side by side
 with the product.  The product is L{tcpdemo.protocol.TcpDemoServerProtocol};
-it is the last step ("final": since a0a88d2 the acks of a run of equal-sized
-Submits built by strided copies, C{submitRunAcks}, and sent at once when
-nothing waits), and is run as C{twistd -n tcpdemo} itself.
+it is the last step ("final": step5, with the counts of every read added to
+the factory's C{ReadTally} and moved into the counters in bulk), and is run
+as C{twistd -n tcpdemo} itself.
 
 The steps subclass the product's protocol, so that connection handling, Conn,
 bad input, backpressure and drain stay the product's; each overrides only the
@@ -28,6 +28,10 @@ leak into them.
   - step4 "bulk scan": commits 59f54f1..69176ba: the leading run of Submits
     of each read is taken in bulk (strided header checks, one comprehension
     for the ids) before the frame loop sees it.
+  - step5 "acks built in C": commits a0a88d2..9f73ec6: the product's frame
+    path (the acks of a run of equal-sized Submits built by strided copies,
+    C{submitRunAcks}, then C{scanSubmits}; sent at once when nothing waits),
+    with the four counters moved by C{Counter.inc} on every read.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from tcpdemo.packet import (
     decode,
     encode,
 )
-from tcpdemo.protocol import TcpDemoServerProtocol
+from tcpdemo.protocol import TcpDemoServerProtocol, scanSubmits, submitRunAcks
 
 #: Commit 4f851ad's ack encoding: the 14 bytes of a SubmitAck but its id.
 _ACK_HEAD = frame(encode(SubmitAck(b"\0" * ID_SIZE)))[: -ID_SIZE - 1]
@@ -305,6 +309,53 @@ class Step4BulkScan(Step3IdsFastPath):
         self._parse(data)
 
 
+class Step5AcksBuiltInC(TcpDemoServerProtocol):
+    """
+    step5 "acks built in C", as in commits a0a88d2..9f73ec6: the product's
+    receiving and sending path, but each read moves the counters itself,
+    four C{Counter.inc} calls (the product adds to its C{ReadTally}).
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if data:
+            self.factory.metrics.bytes_received.inc(len(data))
+            if self.timeOut is not None:
+                self.resetTimeout()
+        if self._authenticated and not self.paused:
+            buffered = self._unprocessed
+            alldata = buffered + data if buffered else data
+            self._unprocessed = b""
+            maxLength = self.MAX_LENGTH
+            end, count, acks = submitRunAcks(alldata, maxLength)
+            if count:
+                self._moveIdsToOut()
+                self._out.append(acks)
+                self._answered += count
+            offset = scanSubmits(alldata, maxLength, self._ids, end)
+            data = alldata[offset:] if offset else alldata
+        FrameReceiver.dataReceived(self, data)
+
+    def endOfRead(self) -> None:
+        if self._ids:
+            self._moveIdsToOut()
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self._out = []
+            self._write(data)
+            metrics = self.factory.metrics
+            metrics.bytes_sent.inc(len(data))
+            answered = self._answered
+            if answered:
+                self._answered = 0
+                metrics.req_recv.inc(answered)
+                metrics.rsp_send.inc(answered)
+        if self._closing and not self._closed:
+            self._finish()
+
+
 #: Step name -> protocol class, in the order of the record.
 STEPS: dict[str, type[FrameReceiver]] = {
     "step0": Step0Naive,
@@ -312,6 +363,7 @@ STEPS: dict[str, type[FrameReceiver]] = {
     "step2": Step2CountersPerRead,
     "step3": Step3IdsFastPath,
     "step4": Step4BulkScan,
+    "step5": Step5AcksBuiltInC,
 }
 
 __all__: list[str] = ["STEPS"] + [cls.__name__ for cls in STEPS.values()]

@@ -3,7 +3,8 @@ The server side of the protocol: dispatch, acks, backpressure, shutdown.
 
 Acks are batched: the frames of one read are all handled before anything is
 written, then every ack they earned goes out in one C{transport.write} in
-the same reactor turn, and the counters move once per read.
+the same reactor turn; the counts of a read are plain additions to the
+factory's L{ReadTally}, which moves them into the counters in bulk.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, HEADER_SIZE, LENGTH, FrameReceiver, frame
-from tcpdemo.metrics import ServerMetrics
+from tcpdemo.metrics import ReadTally, ServerMetrics
 from tcpdemo.packet import (
     COMMANDS,
     ID_SIZE,
@@ -243,7 +244,9 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         if self._closing:
             return
         if data:
-            self.factory.metrics.bytes_received.inc(len(data))
+            tally = self.factory.tally
+            tally.bytesReceived += len(data)
+            tally.changed()
             if self.timeOut is not None:
                 self.resetTimeout()
         if self._authenticated and not self.paused:
@@ -350,13 +353,11 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             data = out[0] if len(out) == 1 else b"".join(out)
             self._out = []
             self._write(data)
-            metrics = self.factory.metrics
-            metrics.bytes_sent.inc(len(data))
-            answered = self._answered
-            if answered:
-                self._answered = 0
-                metrics.req_recv.inc(answered)
-                metrics.rsp_send.inc(answered)
+            tally = self.factory.tally
+            tally.bytesSent += len(data)
+            tally.answered += self._answered
+            self._answered = 0
+            tally.changed()
         if self._closing and not self._closed:
             self._finish()
 
@@ -508,6 +509,8 @@ class TcpDemoServerFactory(_Factory):
     _closed: dict[TcpDemoServerProtocol, defer.Deferred[None]] = attrs.field(
         factory=dict, init=False
     )
+    #: The counts of every read, moved into C{metrics} in bulk.
+    tally: ReadTally = attrs.field(init=False)
     _refusedSinceLog: int = attrs.field(default=0, init=False)
     _lastRefusalLog: float | None = attrs.field(default=None, init=False)
 
@@ -541,6 +544,15 @@ class TcpDemoServerFactory(_Factory):
             from twisted.internet import reactor
 
             self.reactor = reactor
+        self.tally = ReadTally(self.metrics)
+
+    def startFactory(self) -> None:
+        # Listening: counts may wait a moment to be moved in bulk.  Before
+        # and after (tests, the drain at shutdown) they are moved at once.
+        self.tally.start(self.reactor.callLater)
+
+    def stopFactory(self) -> None:
+        self.tally.stop()
 
     def _now(self) -> float:
         return float(self.reactor.seconds())

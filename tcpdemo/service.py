@@ -335,7 +335,7 @@ class TcpDemoService(MultiService):
             self.metricsListener = ListenerService(
                 reactor,
                 withBacklog(metrics, backlog),
-                metricsSite(factory.metrics.registry),
+                metricsSite(factory.metrics.registry, beforeScrape=factory.tally.flush),
                 "tcpdemo metrics (/metrics)",
             )
             self.metricsListener.setServiceParent(self)

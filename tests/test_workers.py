@@ -251,6 +251,11 @@ class WorkersTests(SynchronousTestCase):
         self.assertEqual(report["acked"], count)
 
         waitFor(lambda: metric(server.scrape(), "tcpdemo_client_connected") == 0, what="closes")
+        # A worker's counts reach its files within FLUSH_DELAY.
+        waitFor(
+            lambda: metric(server.scrape(), "tcpdemo_bytes_sent_total") == 14 * count,
+            what="the workers' counts",
+        )
         samples = server.scrape()
         self.assertEqual(metric(samples, "tcpdemo_req_recv_total"), count)
         self.assertEqual(metric(samples, "tcpdemo_rsp_send_total"), count)
@@ -294,7 +299,8 @@ class WorkersTests(SynchronousTestCase):
         """
         SIGKILL one worker: only its connections close, the other worker's
         keep getting acks, the parent starts a replacement that serves, and
-        the counters keep the dead worker's work.
+        the counters keep the dead worker's work (what it had counted: a
+        worker moves its counts to the parent within FLUSH_DELAY).
         """
         server, pids = self.startServer()
         byWorker = self.connectOnEach(server, 4)
@@ -305,6 +311,10 @@ class WorkersTests(SynchronousTestCase):
                 acks = b"".join(ackFrame(i) for i in range(1, 101))
                 self.assertEqual(recvExactly(sock, 1400), acks)
                 sent += 100
+        waitFor(
+            lambda: perWorker(server.scrape(), "tcpdemo_worker_req_recv_total") == {1: 400, 2: 400},
+            what="the workers' counts",
+        )
         samples = server.scrape()
         self.assertEqual(perWorker(samples, "tcpdemo_worker_client_connected"), {1: 4, 2: 4})
 
@@ -328,6 +338,10 @@ class WorkersTests(SynchronousTestCase):
             lambda: len(re.findall(r"worker 1: tcpdemo worker accepting", server.log())) == 2,
             timeout=30,
             what="the new worker 1 to accept",
+        )
+        waitFor(
+            lambda: metric(server.scrape(), "tcpdemo_req_recv_total") == sent,
+            what="worker 2's counts",
         )
         samples = server.scrape()
         self.assertEqual(metric(samples, "tcpdemo_worker_restarts_total"), 1)
@@ -421,6 +435,10 @@ class WorkersTests(SynchronousTestCase):
         self.assertRegex(server.log(), r"one socket shared by 2 workers")
         status, report = runLoadClient(server.port, "--connections", "10", "--count", "10000")
         self.assertEqual((status, report["acked"]), (0, 10000), report["errors"])
+        waitFor(
+            lambda: metric(server.scrape(), "tcpdemo_rsp_send_total") == 10000,
+            what="the workers' counts",
+        )
         samples = server.scrape()
         self.assertEqual(metric(samples, "tcpdemo_req_recv_total"), 10000)
         self.assertEqual(sum(perWorker(samples, "tcpdemo_worker_req_recv_total").values()), 10000)
