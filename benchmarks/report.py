@@ -22,16 +22,18 @@ TITLES = {
     "step3": "step3 ids fast path",
     "step4": "step4 bulk scan",
     "step5": "step5 acks built in C",
+    "step6": "step6 counts in bulk",
     "final": "final (product)",
     "streams": "peer: asyncio streams",
     "protocol": "peer: asyncio Protocol",
+    # The experiment of results/next-64k, which became step6.
     "final-64k": "final, 64 KiB reads (experiment)",
     "workers1": "final --workers 1",
     "workers2": "final --workers 2",
 }
 SHORT = {
     "step0": "step0", "step1": "step1", "step2": "step2", "step3": "step3", "step4": "step4",
-    "step5": "step5",
+    "step5": "step5", "step6": "step6",
     "final": "final", "streams": "streams peer", "protocol": "Protocol peer",
     "final-64k": "final, 64 KiB reads",
     "workers1": "--workers 1", "workers2": "--workers 2",

@@ -5,15 +5,16 @@ Each class below is the server protocol as it stood at one step of
 BENCHMARKS.md, kept so that the benchmark can run every step as a real
 C{twistd} server process (see C{step_app.tac}) and measure them side by side
 with the product.  The product is L{tcpdemo.protocol.TcpDemoServerProtocol};
-it is the last step ("final": step5, with the counts of every read added to
-the factory's C{ReadTally} and moved into the counters in bulk), and is run
-as C{twistd -n tcpdemo} itself.
+it is the last step ("final": step6, reading at most 64 KiB at a time
+however large C{--write-buffer-limit} is), and is run as C{twistd -n
+tcpdemo} itself.
 
 The steps subclass the product's protocol, so that connection handling, Conn,
 bad input, backpressure and drain stay the product's; each overrides only the
-path of a Submit and its ack.  They also pin the frame parse loop as it was
-(L{HistoricalFrameLoop}), so that later work on C{tcpdemo.frame} does not
-leak into them.
+path of a Submit and its ack, and reads as much at a time as they all did:
+C{--write-buffer-limit}, 256 KiB by default (L{WholeLimitReads}).  They
+also pin the frame parse loop as it was (L{HistoricalFrameLoop}), so that
+later work on C{tcpdemo.frame} does not leak into them.
 
   - step0 "naive": C{stringReceived} -> C{packet.decode} -> an attrs
     C{Submit} -> C{packet.encode(SubmitAck)} -> C{sendString}, so one
@@ -32,6 +33,9 @@ leak into them.
     path (the acks of a run of equal-sized Submits built by strided copies,
     C{submitRunAcks}, then C{scanSubmits}; sent at once when nothing waits),
     with the four counters moved by C{Counter.inc} on every read.
+  - step6 "counts in bulk": commit 05ceba7: as step5, but a read adds its
+    counts to the factory's C{ReadTally}, which moves them into the
+    counters at most 0.1 s later and before every scrape.
 """
 
 from __future__ import annotations
@@ -57,7 +61,20 @@ _ACK_OK_TAIL = bytes((RESULT_OK,))
 _ACK_SEPARATOR = _ACK_OK_TAIL + _ACK_HEAD
 
 
-class HistoricalFrameLoop(TcpDemoServerProtocol):
+class WholeLimitReads(TcpDemoServerProtocol):
+    """
+    Each read takes up to C{--write-buffer-limit} bytes, as every step did:
+    Twisted uses one figure, C{transport.bufferSize}, for the most a read
+    takes and for the unsent bytes that pause reading (the product reads
+    at most 64 KiB since step6).
+    """
+
+    @property
+    def readSize(self) -> int:  # type: ignore[override]
+        return self.factory.writeBufferLimit
+
+
+class HistoricalFrameLoop(WholeLimitReads):
     """
     The receiving path of commits 97bb614..4f851ad, pinned: count the bytes,
     then the per-frame parse loop of C{FrameReceiver.dataReceived}, which
@@ -309,7 +326,7 @@ class Step4BulkScan(Step3IdsFastPath):
         self._parse(data)
 
 
-class Step5AcksBuiltInC(TcpDemoServerProtocol):
+class Step5AcksBuiltInC(WholeLimitReads):
     """
     step5 "acks built in C", as in commits a0a88d2..9f73ec6: the product's
     receiving and sending path, but each read moves the counters itself,
@@ -356,6 +373,13 @@ class Step5AcksBuiltInC(TcpDemoServerProtocol):
             self._finish()
 
 
+class Step6CountsInBulk(WholeLimitReads):
+    """
+    step6 "counts in bulk", as in commit 05ceba7: the product but for the
+    read size.
+    """
+
+
 #: Step name -> protocol class, in the order of the record.
 STEPS: dict[str, type[FrameReceiver]] = {
     "step0": Step0Naive,
@@ -364,6 +388,7 @@ STEPS: dict[str, type[FrameReceiver]] = {
     "step3": Step3IdsFastPath,
     "step4": Step4BulkScan,
     "step5": Step5AcksBuiltInC,
+    "step6": Step6CountsInBulk,
 }
 
 __all__: list[str] = ["STEPS"] + [cls.__name__ for cls in STEPS.values()]

@@ -54,6 +54,9 @@ _ACK_SEPARATOR = _ACK_OK_TAIL + _ACK_HEAD
 
 DEFAULT_WRITE_BUFFER_LIMIT = 256 * 1024
 
+#: The most one read takes from a TCP or unix socket: Twisted's default.
+READ_SIZE = 64 * 1024
+
 
 def _acks(ids: list[bytes]) -> bytes:
     """
@@ -207,6 +210,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     _linger: IDelayedCall | None = None
     _answered = 0
     _sendsDirectly = False
+    #: The most one read takes (see L{connectionMade}).
+    readSize = READ_SIZE
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -221,6 +226,12 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         # Plain TCP and unix sockets: see _write.  Not TLS, whose wrapper
         # must see every byte.
         self._sendsDirectly = isinstance(transport, tcp.Connection)
+        if self._sendsDirectly:
+            # The same figure is also what each recv() asks for, and a
+            # 256 KiB buffer per read costs PyPy several times the system
+            # call.  The transport compares it with its unsent bytes only
+            # inside write(), so it is the read size but while _write writes.
+            transport.bufferSize = self.readSize
         factory.connectionOpened(self)
         if factory.idleTimeout is not None:
             self.setTimeout(factory.idleTimeout)
@@ -373,9 +384,11 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         kernel does not take, or any error, goes through C{write} as usual.
         """
         transport: Any = self.transport  # a tcp.Connection when sending directly
+        if not self._sendsDirectly:
+            transport.write(data)
+            return
         if (
-            self._sendsDirectly
-            and not transport._tempDataLen
+            not transport._tempDataLen
             and transport.offset == len(transport.dataBuffer)
             and transport.connected
             and not transport.disconnecting
@@ -385,7 +398,13 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
                 return
             if isinstance(sent, int) and sent > 0:
                 data = data[sent:]
-        transport.write(data)
+        # The pause threshold is --write-buffer-limit while writing, the read
+        # size otherwise (see connectionMade).
+        transport.bufferSize = self.factory.writeBufferLimit
+        try:
+            transport.write(data)
+        finally:
+            transport.bufferSize = self.readSize
 
     def _finish(self) -> None:
         """
