@@ -23,6 +23,7 @@ TITLES = {
     "step4": "step4 bulk scan",
     "step5": "step5 acks built in C",
     "step6": "step6 counts in bulk",
+    "step7": "step7 64 KiB reads",
     "final": "final (product)",
     "streams": "peer: asyncio streams",
     "protocol": "peer: asyncio Protocol",
@@ -33,7 +34,7 @@ TITLES = {
 }
 SHORT = {
     "step0": "step0", "step1": "step1", "step2": "step2", "step3": "step3", "step4": "step4",
-    "step5": "step5", "step6": "step6",
+    "step5": "step5", "step6": "step6", "step7": "step7",
     "final": "final", "streams": "streams peer", "protocol": "Protocol peer",
     "final-64k": "final, 64 KiB reads",
     "workers1": "--workers 1", "workers2": "--workers 2",

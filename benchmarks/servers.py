@@ -25,7 +25,7 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Server kinds: the product, the historical steps, the peers.
-STEP_NAMES = ("step0", "step1", "step2", "step3", "step4", "step5", "step6")
+STEP_NAMES = ("step0", "step1", "step2", "step3", "step4", "step5", "step6", "step7")
 PRODUCT = "final"
 PEERS = {
     "streams": "benchmarks.peers.asyncio_streams",

@@ -5,9 +5,9 @@ Each class below is the server protocol as it stood at one step of
 BENCHMARKS.md, kept so that the benchmark can run every step as a real
 C{twistd} server process (see C{step_app.tac}) and measure them side by side
 with the product.  The product is L{tcpdemo.protocol.TcpDemoServerProtocol};
-it is the last step ("final": step6, reading at most 64 KiB at a time
-however large C{--write-buffer-limit} is), and is run as C{twistd -n
-tcpdemo} itself.
+it is the last step ("final": step7, with runs of fewer than 16 equal
+Submits left to the per-frame loop), and is run as C{twistd -n tcpdemo}
+itself.
 
 The steps subclass the product's protocol, so that connection handling, Conn,
 bad input, backpressure and drain stay the product's; each overrides only the
@@ -36,6 +36,11 @@ later work on C{tcpdemo.frame} does not leak into them.
   - step6 "counts in bulk": commit 05ceba7: as step5, but a read adds its
     counts to the factory's C{ReadTally}, which moves them into the
     counters at most 0.1 s later and before every scrape.
+  - step7 "64 KiB reads": commit 1253a3f: as step6, but each read takes at
+    most 64 KiB, whatever C{--write-buffer-limit} is.
+
+Steps 5 to 7 take any run of two or more equal Submits with
+C{submitRunAcks}; the product only runs of C{MIN_RUN} (16) or more.
 """
 
 from __future__ import annotations
@@ -345,7 +350,7 @@ class Step5AcksBuiltInC(WholeLimitReads):
             alldata = buffered + data if buffered else data
             self._unprocessed = b""
             maxLength = self.MAX_LENGTH
-            end, count, acks = submitRunAcks(alldata, maxLength)
+            end, count, acks = submitRunAcks(alldata, maxLength, 2)
             if count:
                 self._moveIdsToOut()
                 self._out.append(acks)
@@ -376,8 +381,19 @@ class Step5AcksBuiltInC(WholeLimitReads):
 class Step6CountsInBulk(WholeLimitReads):
     """
     step6 "counts in bulk", as in commit 05ceba7: the product but for the
-    read size.
+    read size and the shortest run taken in bulk.
     """
+
+    minRun = 2
+
+
+class Step7ReadSize(TcpDemoServerProtocol):
+    """
+    step7 "64 KiB reads", as in commit 1253a3f: the product but for the
+    shortest run taken in bulk.
+    """
+
+    minRun = 2
 
 
 #: Step name -> protocol class, in the order of the record.
@@ -389,6 +405,7 @@ STEPS: dict[str, type[FrameReceiver]] = {
     "step4": Step4BulkScan,
     "step5": Step5AcksBuiltInC,
     "step6": Step6CountsInBulk,
+    "step7": Step7ReadSize,
 }
 
 __all__: list[str] = ["STEPS"] + [cls.__name__ for cls in STEPS.values()]

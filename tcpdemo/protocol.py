@@ -72,6 +72,12 @@ _ACK_TEMPLATE = _ACK_HEAD + b"\0" * ID_SIZE + _ACK_OK_TAIL
 _ACK_SIZE = len(_ACK_TEMPLATE)
 _unpackLength = LENGTH.unpack_from
 
+#: The shortest run L{submitRunAcks} takes: its strided checks and copies
+#: cost a few microseconds whatever the count, and a read of fewer Submits
+#: goes faster through L{scanSubmits}'s loop (break-even near 16 frames on
+#: CPython 3.11, 128 on PyPy 3.9).
+MIN_RUN = 16
+
 
 def _equalFrames(data: bytes, length: int, count: int) -> bool:
     """
@@ -82,26 +88,30 @@ def _equalFrames(data: bytes, length: int, count: int) -> bool:
     return all(data[i:end:length] == data[i : i + 1] * count for i in range(_ID_START))
 
 
-def submitRunAcks(data: bytes, maxLength: int) -> tuple[int, int, bytes]:
+def submitRunAcks(
+    data: bytes, maxLength: int, minRun: int = MIN_RUN
+) -> tuple[int, int, bytes]:
     """
     The fastest path, for what load generators send: if C{data} starts with
-    a run of two or more complete, well-formed Submit frames all of one
-    size, return C{(end, count, acks)} -- where the run ends, how many
-    frames it has, and their SubmitAcks back to back -- else C{(0, 0, b"")}.
+    a run of C{minRun} (at least 2) or more complete, well-formed Submit
+    frames all of one size, return C{(end, count, acks)} -- where the run
+    ends, how many frames it has, and their SubmitAcks back to back -- else
+    C{(0, 0, b"")}.
 
     No object is made per Submit: the five header bytes of every frame are
     checked with strided slices (L{_equalFrames}), and the ids are copied
     into C{count} ack templates with eight strided slice assignments (byte
     I{j} of every id at once), all in C.
     """
+    minRun = max(minRun, 2)
     size = len(data)
-    if size < 2 * _SUBMIT_FRAME_MIN:
+    if size < minRun * _SUBMIT_FRAME_MIN:
         return 0, 0, b""
     (length,) = _unpackLength(data, 0)
     if not _SUBMIT_FRAME_MIN <= length <= maxLength or data[HEADER_SIZE] != SUBMIT:
         return 0, 0, b""
     count = size // length
-    if count < 2:
+    if count < minRun:
         return 0, 0, b""
     if not _equalFrames(data, length, count):
         # Something else follows the run: find where, by bisection (the
@@ -114,7 +124,7 @@ def submitRunAcks(data: bytes, maxLength: int) -> tuple[int, int, bytes]:
             else:
                 bad = middle
         count = good
-        if count < 2:
+        if count < minRun:
             return 0, 0, b""
     end = count * length
     acks = bytearray(_ACK_TEMPLATE * count)
@@ -212,6 +222,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     _sendsDirectly = False
     #: The most one read takes (see L{connectionMade}).
     readSize = READ_SIZE
+    #: The shortest run of Submits answered by L{submitRunAcks}.
+    minRun = MIN_RUN
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -267,7 +279,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             alldata = buffered + data if buffered else data
             self._unprocessed = b""
             maxLength = self.MAX_LENGTH
-            end, count, acks = submitRunAcks(alldata, maxLength)
+            end, count, acks = submitRunAcks(alldata, maxLength, self.minRun)
             if count:
                 self._moveIdsToOut()
                 self._out.append(acks)

@@ -16,6 +16,7 @@ from tcpdemo.frame import FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.packet import ProtocolError, Submit, SubmitAck, decode, encode
 from tcpdemo.protocol import (
+    MIN_RUN,
     TcpDemoServerFactory,
     TcpDemoServerProtocol,
     scanSubmits,
@@ -108,16 +109,36 @@ class ScanTests(SynchronousTestCase):
             (b"".join(ack(i) for i in general.ids), general.consumed),
         )
 
-    @given(st.lists(ids, min_size=2, max_size=50), st.integers(0, 40), st.binary(max_size=30))
+    @given(
+        st.lists(ids, min_size=MIN_RUN, max_size=50), st.integers(0, 40), st.binary(max_size=30)
+    )
     def test_runOfEqualSubmits(self, idents: list[bytes], size: int, tail: bytes) -> None:
         """
-        A run of equal-sized Submits is answered in bulk, whatever follows.
+        A run of MIN_RUN or more equal-sized Submits is answered in bulk,
+        whatever follows.
         """
         data = b"".join(submit(i, b"r" * size) for i in idents)
         end, count, acks = submitRunAcks(data + tail, 1 << 20)
         self.assertGreaterEqual(end, len(data))
         self.assertGreaterEqual(count, len(idents))
         self.assertEqual(acks[: 14 * len(idents)], b"".join(ack(i) for i in idents))
+
+    @given(st.lists(ids, min_size=2, max_size=50), st.integers(0, 40), st.binary(max_size=30))
+    def test_minRun(self, idents: list[bytes], size: int, tail: bytes) -> None:
+        """
+        The shortest run taken in bulk is C{minRun} (2 at least): a shorter
+        one is left to L{scanSubmits}, which answers it all the same.
+        """
+        run = b"".join(submit(i, b"r" * size) for i in idents)
+        data = run + frame(b"\x09") + tail
+        end, count, acks = submitRunAcks(data, 1 << 20)
+        if len(idents) < MIN_RUN:
+            self.assertEqual((end, count, acks), (0, 0, b""))
+        else:
+            self.assertEqual((end, count), (len(run), len(idents)))
+        self.assertEqual(submitRunAcks(data, 1 << 20, 2)[:2], (len(run), len(idents)))
+        answered = b"".join(ack(i) for i in idents)
+        self.assertEqual(self.fastPaths(data, 1 << 20), (answered, len(run)))
 
     def test_uniformRun(self) -> None:
         data = b"".join(submit(b"%08d" % i, b"x" * 20) for i in range(1000))
@@ -131,9 +152,9 @@ class ScanTests(SynchronousTestCase):
         A run of equal frames followed by another frame of the same size:
         the run is answered in bulk up to it, and the other frame stops it.
         """
-        data = submit(b"a" * 8, b"xy") * 5 + frame(b"\x09" + b"b" * 10)
-        self.assertEqual(submitRunAcks(data, 1 << 20), (5 * 15, 5, ack(b"a" * 8) * 5))
-        self.assertEqual(self.fastPaths(data, 1 << 20), (ack(b"a" * 8) * 5, 5 * 15))
+        data = submit(b"a" * 8, b"xy") * 20 + frame(b"\x09" + b"b" * 10)
+        self.assertEqual(submitRunAcks(data, 1 << 20), (20 * 15, 20, ack(b"a" * 8) * 20))
+        self.assertEqual(self.fastPaths(data, 1 << 20), (ack(b"a" * 8) * 20, 20 * 15))
 
 
 class SlowProtocol(TcpDemoServerProtocol):
