@@ -121,7 +121,7 @@ SMOKE: dict[str, Scenario] = {
     "V": SCENARIOS["V"].scaled(5, window=100),
 }
 
-#: Which scenarios each kind of server runs in a full run.
+#: The scenarios the steps run when --scenarios is not given.
 STEP_SCENARIOS = ("P", "R")
 
 
@@ -470,6 +470,7 @@ class Bench:
                 for kind in options.servers:
                     wanted = {n: s for n, s in scenarios.items()
                               if kind not in STEP_NAMES or n in STEP_SCENARIOS
+                              or options.scenarios_chosen
                               or options.smoke}
                     try:
                         self.serverRound(runtime, python, clientPython, kind, round_, wanted)
@@ -596,8 +597,9 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"servers to run, of {','.join(ALL_SERVERS)} [the steps, final "
                         "and the peers; the smoke run checks all of them with the "
                         "PROTOCOL.md vectors and runs the scenarios against final]")
-    parser.add_argument("--scenarios", type=names(tuple(SCENARIOS)), default=list(SCENARIOS),
-                        help="scenarios [P,R,O,C,V; steps run only P and R]")
+    parser.add_argument("--scenarios", type=names(tuple(SCENARIOS)), default=None,
+                        help="scenarios [P,R,O,C,V; without this option the steps run "
+                        "only P and R]")
     parser.add_argument("--runs", type=int, default=None,
                         help="rounds; each round runs every server once [3; smoke: 1]")
     parser.add_argument("--duration", type=float, default=None,
@@ -621,6 +623,9 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="profile each tcpdemo server under P instead (see profile.py)")
     options = parser.parse_args(argv)
     smoke = options.smoke
+    options.scenarios_chosen = options.scenarios is not None
+    if options.scenarios is None:
+        options.scenarios = list(SCENARIOS)
     if options.runtimes is None:
         options.runtimes = ["current"] if smoke else ["cpython", "pypy"]
     if options.servers is None:

@@ -27,6 +27,7 @@ from benchmarks.bench import RESULTS, SCENARIOS, Bench, Scenario, log, warmUp
 from benchmarks.servers import (
     PEERS,
     PRODUCT,
+    WORKERS,
     BenchError,
     Client,
     Server,
@@ -152,7 +153,8 @@ def main(options: argparse.Namespace) -> int:
     failures = 0
     servers: dict[str, str] = {}
     for kind in options.servers:
-        if kind not in PEERS:
+        # Not the peers (no /debug), nor --workers (the parent serves none).
+        if kind not in PEERS and kind not in WORKERS:
             servers[kind] = kind
     if not servers:
         servers[PRODUCT] = PRODUCT
