@@ -415,8 +415,10 @@ class WorkersTests(SynchronousTestCase):
         twistd exits 0.
         """
         server, pids = self.startServer()
-        for worker in pids:
-            server.waitForLog(rf"worker {worker}: tcpdemo worker accepting on")
+        # A connection accepted by each worker: its reactor runs, so its
+        # SIGTERM handler is installed.
+        for socks in self.connectOnEach(server, 1).values():
+            socks[0].close()
         status, report = runLoadClient(server.port, "--connections", "4", "--count", "2000")
         self.assertEqual((status, report["acked"]), (0, 2000), report["errors"])
         for pid in [server.pid, *pids.values()]:
