@@ -93,7 +93,7 @@ def submitRunAcks(
 ) -> tuple[int, int, bytes]:
     """
     The fastest path, for what load generators send: if C{data} starts with
-    a run of C{minRun} (at least 2) or more complete, well-formed Submit
+    a run of C{minRun} (at least 1) or more complete, well-formed Submit
     frames all of one size, return C{(end, count, acks)} -- where the run
     ends, how many frames it has, and their SubmitAcks back to back -- else
     C{(0, 0, b"")}.
@@ -103,7 +103,6 @@ def submitRunAcks(
     into C{count} ack templates with eight strided slice assignments (byte
     I{j} of every id at once), all in C.
     """
-    minRun = max(minRun, 2)
     size = len(data)
     if size < minRun * _SUBMIT_FRAME_MIN:
         return 0, 0, b""
@@ -232,18 +231,18 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         self._out = []
         self._authenticated = factory.authToken is None
         transport = self.transport
-        # The threshold at which the transport calls pauseProducing.
-        transport.bufferSize = factory.writeBufferLimit
-        transport.registerProducer(self, True)
         # Plain TCP and unix sockets: see _write.  Not TLS, whose wrapper
         # must see every byte.
         self._sendsDirectly = isinstance(transport, tcp.Connection)
-        if self._sendsDirectly:
-            # The same figure is also what each recv() asks for, and a
-            # 256 KiB buffer per read costs PyPy several times the system
-            # call.  The transport compares it with its unsent bytes only
-            # inside write(), so it is the read size but while _write writes.
-            transport.bufferSize = self.readSize
+        # The threshold at which the transport calls pauseProducing.  On TCP
+        # and unix sockets it is also what each recv() asks for, and a
+        # 256 KiB buffer per read costs PyPy several times the system call;
+        # the transport compares it with its unsent bytes only inside
+        # write(), so there it is the read size but while _write writes.
+        transport.bufferSize = (
+            self.readSize if self._sendsDirectly else factory.writeBufferLimit
+        )
+        transport.registerProducer(self, True)
         factory.connectionOpened(self)
         if factory.idleTimeout is not None:
             self.setTimeout(factory.idleTimeout)
@@ -267,9 +266,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         if self._closing:
             return
         if data:
-            tally = self.factory.tally
-            tally.bytesReceived += len(data)
-            tally.changed()
+            # endOfRead, which every read ends with, sees it to the counters.
+            self.factory.tally.bytesReceived += len(data)
             if self.timeOut is not None:
                 self.resetTimeout()
         if self._authenticated and not self.paused:
@@ -372,15 +370,15 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         if self._ids:
             self._moveIdsToOut()
         out = self._out
+        tally = self.factory.tally
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
             self._out = []
             self._write(data)
-            tally = self.factory.tally
             tally.bytesSent += len(data)
             tally.answered += self._answered
             self._answered = 0
-            tally.changed()
+        tally.changed()
         if self._closing and not self._closed:
             self._finish()
 

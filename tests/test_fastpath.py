@@ -126,8 +126,8 @@ class ScanTests(SynchronousTestCase):
     @given(st.lists(ids, min_size=2, max_size=50), st.integers(0, 40), st.binary(max_size=30))
     def test_minRun(self, idents: list[bytes], size: int, tail: bytes) -> None:
         """
-        The shortest run taken in bulk is C{minRun} (2 at least): a shorter
-        one is left to L{scanSubmits}, which answers it all the same.
+        The shortest run taken in bulk is C{minRun}: a shorter one is left
+        to L{scanSubmits}, which answers it all the same.
         """
         run = b"".join(submit(i, b"r" * size) for i in idents)
         data = run + frame(b"\x09") + tail
