@@ -92,6 +92,15 @@ def runtimes(data: dict[str, Any]) -> list[str]:
     return [r for r in order if r in found] + sorted(found - set(order))
 
 
+def _busy(g: dict[Key, list[dict[str, Any]]], key: Key) -> str:
+    """
+    The "server busy / waiting for a CPU, client busy" cell.
+    """
+    return (f"{_fmt(stat(g, key, 'server_cpu_percent'), '.0f', False)} / "
+            f"{_fmt(stat(g, key, 'server_cpu_wait_percent'), '.0f', False)}, "
+            f"{_fmt(stat(g, key, 'client_cpu_percent'), '.0f', False)}")
+
+
 def headline(data: dict[str, Any]) -> str:
     g = group(data)
     lines = []
@@ -129,10 +138,7 @@ def headline(data: dict[str, Any]) -> str:
                     f"| {sc} | {SHORT[server]} | {_fmt(acks, ',.0f')} | {_fmt(cpu, '.3f')} | "
                     f"{_fmt(stat(g, key, 'p50_ms'), '.2f', False)} | "
                     f"{_fmt(stat(g, key, 'p99_ms'), '.2f')} | {_fmt(rss, '.1f', False)}{extra} | "
-                    f"{_fmt(stat(g, key, 'server_cpu_percent'), '.0f', False)} / "
-                    f"{_fmt(stat(g, key, 'server_cpu_wait_percent'), '.0f', False)}, "
-                    f"{_fmt(stat(g, key, 'client_cpu_percent'), '.0f', False)} | "
-                    f"{ratios} | {cpuRatios} |"
+                    f"{_busy(g, key)} | {ratios} | {cpuRatios} |"
                 )
         lines.append("")
     return "\n".join(lines)
@@ -192,10 +198,7 @@ def workersTable(data: dict[str, Any]) -> str:
                     f"{_fmt(stat(g, key, 'server_cpu_us_per_ack'), '.3f')} | "
                     f"{_fmt(stat(g, key, 'p50_ms'), '.2f', False)} | "
                     f"{_fmt(stat(g, key, 'p99_ms'), '.2f')} | "
-                    f"{_fmt(stat(g, key, 'server_cpu_percent'), '.0f', False)} / "
-                    f"{_fmt(stat(g, key, 'server_cpu_wait_percent'), '.0f', False)}, "
-                    f"{_fmt(stat(g, key, 'client_cpu_percent'), '.0f', False)} | "
-                    f"{_ratio(acks, one)} |"
+                    f"{_busy(g, key)} | {_ratio(acks, one)} |"
                 )
     return "\n".join([
         "Nothing pinned: the parent and its workers, and the client, share the machine's "

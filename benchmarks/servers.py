@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -111,13 +112,6 @@ class Server:
         return self.kind not in PEERS
 
     @property
-    def pinnable(self) -> bool:
-        """
-        Whether the server is one process that belongs on one CPU.
-        """
-        return self.kind not in WORKERS
-
-    @property
     def workerProcesses(self) -> int:
         """
         How many worker processes it runs: C{--workers 1} is the one process
@@ -126,12 +120,28 @@ class Server:
         count = WORKERS.get(self.kind, 1)
         return count if count > 1 else 0
 
-    @property
-    def isProduct(self) -> bool:
+    def productOptions(self) -> list[str] | None:
         """
-        Run as C{twistd -n tcpdemo} with options, not as a step or a peer.
+        The options after C{twistd -n tcpdemo} if this is the product (with
+        or without options), else None (a step or a peer).
         """
-        return self.kind == PRODUCT or self.kind in PRODUCT_VARIANTS or self.kind in WORKERS
+        if self.kind == PRODUCT:
+            return []
+        if self.kind in PRODUCT_VARIANTS:
+            return PRODUCT_VARIANTS[self.kind]
+        if self.kind in WORKERS:
+            return ["--workers", str(WORKERS[self.kind])]
+        return None
+
+    def serverOptions(self) -> list[str]:
+        """
+        The listening options of the product and of the steps.
+        """
+        listen = f"tcp:0:interface={LOOPBACK}"
+        options = ["--port", listen, "--metrics", listen]
+        if self.debug:
+            options += ["--debug", listen]
+        return options
 
     @property
     def pid(self) -> int:
@@ -139,32 +149,21 @@ class Server:
         return self.process.pid
 
     def command(self) -> list[str]:
-        listen = f"tcp:0:interface={LOOPBACK}"
         if self.kind in PEERS:
             return [self.python, "-u", "-m", PEERS[self.kind], "--host", LOOPBACK, "--port", "0"]
-        args = ["--port", listen, "--metrics", listen]
-        if self.debug:
-            args += ["--debug", listen]
         twistd = twistdCommand(self.python) + ["-n", "--pidfile="]
-        if self.kind == PRODUCT:
-            return twistd + ["tcpdemo"] + args
-        if self.kind in PRODUCT_VARIANTS:
-            return twistd + ["tcpdemo"] + args + PRODUCT_VARIANTS[self.kind]
-        if self.kind in WORKERS:
-            return twistd + ["tcpdemo"] + args + ["--workers", str(WORKERS[self.kind])]
+        extra = self.productOptions()
+        if extra is not None:
+            return twistd + ["tcpdemo"] + self.serverOptions() + extra
         return twistd + ["-y", str(ROOT / "benchmarks" / "step_app.tac")]
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.kind in PEERS:
             env["PYTHONPATH"] = str(ROOT)
-        elif not self.isProduct:
-            listen = f"tcp:0:interface={LOOPBACK}"
-            args = f"--port {listen} --metrics {listen}"
-            if self.debug:
-                args += f" --debug {listen}"
+        elif self.productOptions() is None:
             env["TCPDEMO_STEP"] = self.kind
-            env["TCPDEMO_STEP_ARGS"] = args
+            env["TCPDEMO_STEP_ARGS"] = shlex.join(self.serverOptions())
         return env
 
     def start(self, timeout: float = 60.0) -> Server:
