@@ -4,7 +4,10 @@ C{net/http/pprof}, served from the server's own reactor by C{--debug}.
 
   - C{/debug/profile?seconds=N}: a CPU profile (cProfile) of the reactor
     thread over the next N seconds, as a pstats file, or with
-    C{&format=text} as a table of the functions with the most own time;
+    C{&format=text} as a table of the functions with the most own time,
+    with C{&format=svg} as a call graph picture like pprof's (gprof2dot and
+    Graphviz, see L{tcpdemo.profilegraph}), with C{&format=dot} as that
+    graph's Graphviz source;
   - C{/debug/allocations?seconds=N}: the lines whose allocations grew most
     over the next N seconds (tracemalloc; CPython only);
   - C{/debug/}: a plain-text index of the above.
@@ -27,15 +30,20 @@ import ipaddress
 import linecache
 import marshal
 import math
+import os
 import platform
 import pstats
 import sys
+import time
 from typing import Any, Callable, Protocol, cast
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from tcpdemo import profilegraph
 
 try:
     import tracemalloc
@@ -53,6 +61,8 @@ ALLOCATION_ROWS = 30
 #: Frames tracemalloc keeps per allocation when this module starts it.
 TRACEMALLOC_FRAMES = 1
 PROFILE_FILENAME = "tcpdemo.prof"
+#: The formats of /debug/profile.
+PROFILE_FORMATS = ("pstats", "text", "svg", "dot")
 
 log = Logger(namespace="tcpdemo.debug")
 
@@ -212,6 +222,10 @@ def _client(request: Request) -> str:
     return "unix socket" if getattr(address, "name", None) is not None else repr(address)
 
 
+#: What a measurement answers: (code, headers, body).
+_Answer = tuple[int, dict[bytes, bytes], bytes]
+
+
 class _Window:
     """
     The one measurement allowed at a time: what it is and when it ends.
@@ -239,37 +253,50 @@ class _Window:
         request: Request,
         what: str,
         seconds: float,
-        complete: Callable[[], tuple[int, dict[bytes, bytes], bytes]],
+        complete: Callable[[], _Answer | defer.Deferred[_Answer]],
         abandon: Callable[[], None],
     ) -> None:
         """
         Hold the slot for C{seconds}; then release it, and answer C{request}
-        with what C{complete} returns: (code, headers, body).  If the client
+        with what C{complete} returns: (code, headers, body), or a Deferred
+        of it (drawing a picture takes a child process).  If the client
         goes away first, call C{abandon} instead, and release the slot.
         """
         self.reactor = reactor
         self.what = what
         self.ends = reactor.seconds() + seconds
+        gone = False
 
-        def finish() -> None:
-            self.what = None
-            try:
-                code, headers, body = complete()
-            except Exception:
-                log.failure("{what} failed", what=what)
-                body = _plain(request, 500, f"{what} failed: see the server log")
-            else:
-                request.setResponseCode(code)
-                request.setHeader(b"cache-control", b"no-store")
-                for name, value in headers.items():
-                    request.setHeader(name, value)
+        def failed(reason: Failure) -> _Answer:
+            log.failure("{what} failed", reason, what=what)
+            detail = reason.getErrorMessage().splitlines()
+            message = f"{what} failed: {detail[0] if detail else 'see the server log'}"
+            return 500, {b"content-type": b"text/plain; charset=utf-8"}, (message + "\n").encode()
+
+        def answer(result: _Answer) -> None:
+            if gone:
+                return
+            code, headers, body = result
+            request.setResponseCode(code)
+            request.setHeader(b"cache-control", b"no-store")
+            for name, value in headers.items():
+                request.setHeader(name, value)
             request.setHeader(b"content-length", str(len(body)).encode("ascii"))
             request.write(body)
             request.finish()
 
+        def finish() -> None:
+            self.what = None
+            # maybeDeferred unwraps a Deferred result: this fires with an answer.
+            d = cast("defer.Deferred[_Answer]", defer.maybeDeferred(complete))
+            d.addErrback(failed)
+            d.addCallback(answer)
+
         call = reactor.callLater(seconds, finish)
 
         def clientGone(reason: Failure) -> None:
+            nonlocal gone
+            gone = True
             if call.active():
                 call.cancel()
                 self.what = None
@@ -316,15 +343,26 @@ class _DebugResource(Resource):
 
 class ProfileResource(_DebugResource):
     """
-    C{/debug/profile?seconds=N[&format=pstats|text]}: cProfile the reactor
-    thread for N seconds.
+    C{/debug/profile?seconds=N[&format=pstats|text|svg|dot]}: cProfile the
+    reactor thread for N seconds.
     """
+
+    def __init__(self, reactor: _Clock, window: _Window, dot: str = profilegraph.DOT) -> None:
+        _DebugResource.__init__(self, reactor, window)
+        #: Graphviz's dot, by name or path: what format=svg runs.
+        self.dot = dot
 
     def measure(self, request: Request) -> Any:
         seconds = _seconds(request)
         form = _argument(request, "format") or "pstats"
-        if form not in ("pstats", "text"):
-            raise _BadRequest(f"format={form[:40]!r} is unknown: give pstats or text")
+        if form not in PROFILE_FORMATS:
+            raise _BadRequest(
+                f"format={form[:40]!r} is unknown: give {', '.join(PROFILE_FORMATS)}"
+            )
+        # Refused before the window rather than after it: 501, say what to install.
+        lacking = profilegraph.missing(form, self.dot)
+        if lacking is not None:
+            return _plain(request, 501, lacking)
         busy = self.window.busyReason()
         if busy is not None:
             return _plain(request, 409, busy)
@@ -338,9 +376,24 @@ class ProfileResource(_DebugResource):
             return _plain(request, 409, f"busy: cannot start cProfile: {e}")
         what = f"a {seconds:g}s CPU profile"
         client = _client(request)
+        started = time.time()
 
-        def complete() -> tuple[int, dict[bytes, bytes], bytes]:
+        def taken() -> None:
+            log.info("took {what} ({form}) for {client}", what=what, form=form, client=client)
+
+        def complete() -> _Answer | defer.Deferred[_Answer]:
             profiler.disable()
+            if form in profilegraph.GRAPH_FORMATS:
+                source = profilegraph.callGraphDot(profiler, graphTitle(seconds, started))
+                taken()
+                if form == "dot":
+                    return 200, {b"content-type": b"text/vnd.graphviz; charset=utf-8"}, (
+                        source.encode("utf-8")
+                    )
+                d = profilegraph.renderSvg(self.reactor, source, self.dot)
+                return d.addCallback(
+                    lambda svg: (200, {b"content-type": b"image/svg+xml"}, svg)
+                )
             if form == "text":
                 body = profileTable(profiler, seconds).encode("utf-8")
                 headers = {b"content-type": b"text/plain; charset=utf-8"}
@@ -353,11 +406,27 @@ class ProfileResource(_DebugResource):
                         f"attachment; filename={PROFILE_FILENAME}".encode("ascii")
                     ),
                 }
-            log.info("took {what} ({form}) for {client}", what=what, form=form, client=client)
+            taken()
             return 200, headers, body
 
         self.window.run(self.reactor, request, what, seconds, complete, profiler.disable)
         return NOT_DONE_YET
+
+
+def graphTitle(seconds: float, started: float) -> str:
+    """
+    The label of a call graph: what was measured, where and when, and how
+    to read the boxes.
+    """
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))
+    return (
+        f"tcpdemo CPU profile: {seconds:g}s of the reactor thread from {when}, "
+        f"{platform.node()} pid {os.getpid()}, {platform.python_implementation()} "
+        f"{platform.python_version()} (cProfile, wall-clock time)\n"
+        "each box: module:line:function, total % (own %), calls; "
+        "arrows: % of the time spent through that call, calls; "
+        "red = most total time. select.epoll poll is the reactor waiting: idle time"
+    )
 
 
 def profileTable(profiler: cProfile.Profile, seconds: float) -> str:
@@ -493,6 +562,13 @@ tcpdemo debug endpoints (the Python analogue of Go's net/http/pprof)
 /debug/profile?seconds=N&format=text
     The same, as a table of the {PROFILE_ROWS} functions with the most own time.
         curl {curl}'{base}/debug/profile?seconds=10&format=text'
+/debug/profile?seconds=N&format=svg
+    The same, as a call graph picture like pprof's: a box per function with its
+    total and own share of the time, arrows for the calls (gprof2dot and
+    Graphviz's dot: pip install 'tcpdemo[profile]', apt-get install graphviz).
+        curl {curl}-o cpu.svg '{base}/debug/profile?seconds=30&format=svg'
+/debug/profile?seconds=N&format=dot
+    That graph's Graphviz source, to draw elsewhere: dot -Tsvg cpu.dot > cpu.svg
 /debug/allocations?seconds=N
     The {ALLOCATION_ROWS} lines whose allocated memory grew most over the next N
     seconds (tracemalloc; not available on PyPy).
@@ -531,17 +607,18 @@ class _DebugDirectory(Resource):
         return b""
 
 
-def debugSite(reactor: _Clock) -> Site:
+def debugSite(reactor: _Clock, dot: str = profilegraph.DOT) -> Site:
     """
     The site for C{--debug}: the endpoints under C{/debug/}, measuring the
     process that runs C{reactor}.  It writes no access log; each measurement
-    taken logs one line.
+    taken logs one line.  C{dot} is Graphviz's program, which draws the
+    C{format=svg} profiles.
     """
     window = _WINDOW
     home = IndexResource(window)
     debug = _DebugDirectory()
     debug.putChild(b"", cast(IResource, home))
-    debug.putChild(b"profile", cast(IResource, ProfileResource(reactor, window)))
+    debug.putChild(b"profile", cast(IResource, ProfileResource(reactor, window, dot)))
     debug.putChild(b"allocations", cast(IResource, AllocationsResource(reactor, window)))
     root = Resource()
     root.putChild(b"", cast(IResource, home))

@@ -17,6 +17,7 @@ import socket
 import sys
 import tempfile
 from typing import Any, Callable, NamedTuple, cast
+from xml.etree import ElementTree
 
 from twisted.internet import defer
 from twisted.internet import reactor as _reactor
@@ -35,6 +36,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
+from tcpdemo import profilegraph
 from tcpdemo.debug import (
     ALLOCATION_ROWS,
     DEFAULT_SECONDS,
@@ -348,6 +350,31 @@ class ProfileUnderLoadTests(HTTPTestCase):
         self.assertRegex(out.getvalue(), DATA_RECEIVED)
         self.assertRegex(out.getvalue(), r"\d{4,} function calls")
 
+        # The call graph as a picture, as pprof draws it (gprof2dot and
+        # Graphviz's dot, both required by the tests: a missing one fails).
+        picture = await self.get(base + "/debug/profile?seconds=1&format=svg")
+        self.assertEqual(picture.code, 200, picture.body)
+        self.assertEqual(picture.header(b"content-type"), b"image/svg+xml")
+        svg = ElementTree.fromstring(picture.body)
+        self.assertEqual(svg.tag, "{http://www.w3.org/2000/svg}svg")
+        texts = [t.text or "" for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+        shown = " ".join(texts)
+        self.assertIn("tcpdemo CPU profile: 1s of the reactor thread", shown)
+        # A box per hot function, with its total share and its call count.
+        self.assertIn("protocol:", shown)
+        self.assertTrue(any(re.fullmatch(r"protocol:\d+:dataReceived", t) for t in texts), texts)
+        self.assertTrue(any(re.fullmatch(r"\d+\.\d\d%", t) for t in texts), texts)
+        self.assertTrue(any(re.fullmatch(r"\d+×", t) for t in texts), texts)
+        # Arrows between the boxes.
+        edges = [g for g in svg.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "edge"]
+        self.assertGreater(len(edges), 3)
+
+        graph = await self.get(base + "/debug/profile?seconds=0.5&format=dot")
+        self.assertEqual(graph.code, 200, graph.body)
+        self.assertEqual(graph.header(b"content-type"), b"text/vnd.graphviz; charset=utf-8")
+        self.assertTrue(graph.text.startswith("digraph {"), graph.text[:200])
+        self.assertRegex(graph.text, r'label="protocol:\d+:dataReceived\\n')
+
         load.closeStdin()
         self.assertEqual(await load.ended, 0, load.text())
         self.assertRegex(load.text(), r"acks [1-9]\d*")
@@ -371,6 +398,9 @@ class DebugSiteTests(HTTPTestCase):
             f"curl '{base}/debug/profile?seconds=10&format=text'",
             "python -m pstats cpu.prof",
             "snakeviz cpu.prof",
+            "&format=svg",
+            f"curl -o cpu.svg '{base}/debug/profile?seconds=30&format=svg'",
+            "&format=dot",
             "now idle",
         ):
             self.assertIn(fragment, index.text)
@@ -394,8 +424,8 @@ class DebugSiteTests(HTTPTestCase):
         self.assertOneLine(response, 400, "not a number")
         response = await self.get(base + "/debug/profile?seconds=0")
         self.assertOneLine(response, 400, f"0 < seconds <= {MAX_SECONDS:g}")
-        response = await self.get(base + "/debug/profile?seconds=1&format=svg")
-        self.assertOneLine(response, 400, "format=", "pstats or text")
+        response = await self.get(base + "/debug/profile?seconds=1&format=png")
+        self.assertOneLine(response, 400, "format=", "pstats, text, svg, dot")
         self.assertRegex(
             (await self.get(base + "/debug/")).text, "now idle", "a 400 must not hold the slot"
         )
@@ -464,6 +494,48 @@ class DebugSiteTests(HTTPTestCase):
         self.assertEqual(response.code, 405)
         self.assertEqual(response.headers.getRawHeaders(b"allow"), [b"GET"])
         await readBody(response)
+        self.assertIn("now idle", (await self.get(base + "/debug/")).text)
+
+    async def test_pictureWithoutGraphviz(self) -> None:
+        """
+        Without Graphviz's dot, format=svg is refused at once with 501 and
+        what to install, holding no slot; format=dot (the graph's source)
+        still works.
+        """
+        base = self.listen(debugSite(reactor, dot="tcpdemo-test-no-such-dot"))
+        response = await self.get(base + "/debug/profile?seconds=30&format=svg")
+        self.assertOneLine(response, 501, "format=svg", "tcpdemo-test-no-such-dot",
+                           "apt-get install graphviz", "format=dot")
+        self.assertIn("now idle", (await self.get(base + "/debug/")).text)
+        source = await self.get(base + "/debug/profile?seconds=0.1&format=dot")
+        self.assertEqual(source.code, 200, source.body)
+        self.assertTrue(source.text.startswith("digraph {"))
+
+    async def test_pictureWithoutTheExtra(self) -> None:
+        """
+        Without gprof2dot (the C{profile} extra), format=svg and format=dot
+        are refused at once with 501 and the pip command; the other formats
+        still work.
+        """
+        self.patch(profilegraph, "_gprof2dot", lambda: None)
+        base = self.listenSite()
+        for form in ("svg", "dot"):
+            response = await self.get(f"{base}/debug/profile?seconds=30&format={form}")
+            self.assertOneLine(response, 501, f"format={form}", "gprof2dot",
+                               "pip install 'tcpdemo[profile]'")
+        self.assertIn("now idle", (await self.get(base + "/debug/")).text)
+        table = await self.get(base + "/debug/profile?seconds=0.1&format=text")
+        self.assertEqual(table.code, 200, table.body)
+
+    async def test_pictureDotFails(self) -> None:
+        """
+        A dot that fails gives 500 with a one-line reason, and the slot is
+        free again.
+        """
+        base = self.listen(debugSite(reactor, dot="false"))
+        response = await self.get(base + "/debug/profile?seconds=0.1&format=svg")
+        self.assertOneLine(response, 500, "a 0.1s CPU profile failed: dot failed")
+        self.flushLoggedErrors(RuntimeError)
         self.assertIn("now idle", (await self.get(base + "/debug/")).text)
 
     async def test_unixSocket(self) -> None:
@@ -711,6 +783,12 @@ class TwistdTests(TestCase):
         )
         self.assertEqual(response.code, 200)
         self.assertIn(b"tottime", await readBody(response))
+        response = await agent.request(
+            b"GET", f"{base}/debug/profile?seconds=0.2&format=svg".encode()
+        )
+        self.assertEqual(response.code, 200)
+        picture = ElementTree.fromstring(await readBody(response))
+        self.assertEqual(picture.tag, "{http://www.w3.org/2000/svg}svg")
         await pool.closeCachedConnections()
         await child.waitFor(b"took a 0.2s CPU profile (text) for 127.0.0.1:")
         child.signal("TERM")
