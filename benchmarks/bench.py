@@ -21,7 +21,10 @@ Scenarios (fixed, named):
   - O open loop: 100 000 Submits/s over 100 connections;
   - C 10 000 mostly idle connections with a light load (1000 Submits/s):
     server RSS per connection, from a fresh server;
-  - V (an extra): as P, with the reference client's payloads of 15-30 bytes.
+  - V (an extra): as P, with the reference client's payloads of 15-30 bytes;
+  - OV and OV20: open loop over 50 connections with those payloads, at
+    100 000 and 20 000 Submits/s; the client counts each Submit's latency
+    from its scheduled send time.
 
 Results go to benchmarks/results/ (results.json, summary.md, chart.svg);
 C{--update-doc} rewrites the generated part of BENCHMARKS.md.
@@ -110,6 +113,13 @@ SCENARIOS: dict[str, Scenario] = {
     # by frame rather than with strided slices.
     "V": Scenario("V", "as P, payloads of 15-30 bytes (the reference client's codenames)",
                   50, window=1000, payloadSize=None),
+    # Issue 17's open loop: 50 connections on a fixed schedule, payloads of
+    # varied sizes, latency counted from each Submit's scheduled send time
+    # (no coordinated omission), at a heavy and at a moderate rate.
+    "OV": Scenario("OV", "open loop: 100 000 submits/s over 50 connections, payloads of "
+                   "15-30 bytes", 50, rate=100_000, payloadSize=None),
+    "OV20": Scenario("OV20", "open loop: 20 000 submits/s over 50 connections, payloads of "
+                     "15-30 bytes", 50, rate=20_000, payloadSize=None),
 }
 
 #: The CI-sized versions: seconds in all.
@@ -119,6 +129,8 @@ SMOKE: dict[str, Scenario] = {
     "O": SCENARIOS["O"].scaled(10, rate=1000),
     "C": SCENARIOS["C"].scaled(200, rate=100),
     "V": SCENARIOS["V"].scaled(5, window=100),
+    "OV": SCENARIOS["OV"].scaled(5, rate=1000),
+    "OV20": SCENARIOS["OV20"].scaled(5, rate=500),
 }
 
 #: The scenarios the steps run when --scenarios is not given.
@@ -598,7 +610,7 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
                         "and the peers; the smoke run checks all of them with the "
                         "PROTOCOL.md vectors and runs the scenarios against final]")
     parser.add_argument("--scenarios", type=names(tuple(SCENARIOS)), default=None,
-                        help="scenarios [P,R,O,C,V; without this option the steps run "
+                        help="scenarios [P,R,O,C,V,OV,OV20; without this option the steps run "
                         "only P and R]")
     parser.add_argument("--runs", type=int, default=None,
                         help="rounds; each round runs every server once [3; smoke: 1]")

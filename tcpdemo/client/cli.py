@@ -248,8 +248,8 @@ def formatSummary(report: Report) -> str:
         f"  {'client cpu':<12}{report.cpu:>15.3f} s   (user {report.cpuUser:.3f}, "
         f"system {report.cpuSystem:.3f}{share})",
         "",
-        "  latency, write of a Submit to read of its ack, in ms "
-        f"({_n(report.latencyUs['count'])} acks):",
+        f"  latency, {'scheduled send' if c['rate'] is not None else 'write'} of a Submit "
+        f"to read of its ack, in ms ({_n(report.latencyUs['count'])} acks):",
     ]
     keys = [f"p{p:g}" for p in PERCENTILES] + ["max"]
     lines.append("  " + "".join(f"{k:>10}" for k in keys))

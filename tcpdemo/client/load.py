@@ -9,8 +9,11 @@ Load shapes:
   - rate R: open loop, R Submits per second across all connections on a
     fixed schedule, whether or not acks came back.
 
-Submits are encoded in batches, one C{transport.write} per batch, and a
-batch's send time is taken once, just before that write.
+Submits are encoded in batches, one C{transport.write} per batch.  A
+window batch's send time is taken once, just before that write; in the open
+loop each Submit's latency counts from the time the schedule gave it, so a
+sender that falls behind (a pause of the client itself) does not hide the
+wait from the figures (no "coordinated omission").
 """
 
 from __future__ import annotations
@@ -257,9 +260,11 @@ class LoadProtocol(Protocol):
 
     # Sending
 
-    def send(self, count: int) -> None:
+    def send(self, count: int, scheduled: float | None = None, step: float = 0.0) -> None:
         """
         Write the next C{count} Submits (fewer if the quota ends) in one write.
+        Their latency counts from now, or in the open loop from the times the
+        schedule gave them: C{scheduled} for the first, C{step} apart.
         """
         if not self.connected:
             self._doneSending()
@@ -274,7 +279,13 @@ class LoadProtocol(Protocol):
             self.nextId = first + count
             self.checker.owed += count
             self.stats.sent += count
-            self.pending.append([perf_counter(), count])
+            if scheduled is None:
+                self.pending.append([perf_counter(), count])
+            elif count == 1 or not step:
+                self.pending.append([scheduled, count])
+            else:
+                # Only when the sender fell behind: several due at once.
+                self.pending.extend([scheduled + k * step, 1] for k in range(count))
             self.transport.write(data)
         if quotaReached:
             self._doneSending()
@@ -578,17 +589,21 @@ class LoadRun:
         due = int((now - self._tickStart) * config.rate) + 1
         if config.count is not None and due > config.count:
             due = config.count
-        count = due - self._scheduled
+        first = self._scheduled
+        count = due - first
         if count > 0:
             self._scheduled = due
-            self._share(count)
+            self._share(count, first)
         if config.count is not None and self._scheduled >= config.count:
             self.stopSending()
 
-    def _share(self, count: int) -> None:
+    def _share(self, count: int, first: int) -> None:
         """
-        Send C{count} Submits, spread evenly over the connections; the
-        remainder goes round robin, so that none is favoured.
+        Send C{count} Submits, numbers C{first} on of the schedule, spread
+        evenly over the connections; the remainder goes round robin, so that
+        none is favoured.  Submit C{j} of the batch goes to the C{j}th
+        connection from the cursor (modulo their number), and keeps the time
+        the schedule gave it for its latency.
         """
         senders = self._senders
         if senders is None:
@@ -596,14 +611,20 @@ class LoadRun:
         size = len(senders)
         if not size:
             return
+        rate = self.config.rate
+        assert rate is not None
+        origin = self._tickStart + first / rate
+        step = size / rate
         share, extra = divmod(count, size)
         start = self._cursor % size
         if share:
             for i, protocol in enumerate(senders):
-                protocol.send(share + (1 if (i - start) % size < extra else 0))
+                position = (i - start) % size
+                protocol.send(share + (1 if position < extra else 0),
+                              origin + position / rate, step)
         else:
-            for i in range(start, start + extra):
-                senders[i % size].send(1)
+            for position in range(extra):
+                senders[(start + position) % size].send(1, origin + position / rate)
         self._cursor = start + extra
 
     def live(self) -> list[LoadProtocol]:
