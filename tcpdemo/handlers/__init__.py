@@ -34,7 +34,8 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from tcpdemo.frame import HEADER_SIZE, LENGTH
-from tcpdemo.packet import ID_SIZE, RESULT_ERROR, RESULT_OK
+from tcpdemo.packet import ID_SIZE, RESULT_ERROR
+from tcpdemo.packet import RESULT_OK as RESULT_OK  # re-exported: the shared code 0
 
 RESULT_HANDLER_ERROR = RESULT_ERROR
 RESULT_TIMEOUT = 2
