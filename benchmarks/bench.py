@@ -59,7 +59,7 @@ from benchmarks.servers import (
     clientCommand,
     interpreterVersion,
 )
-from tcpdemo.service import raiseFileLimit
+from tcpdemo.tap import raiseFileLimit
 
 RESULTS = ROOT / "benchmarks" / "results"
 VENV = ROOT / "benchmarks" / ".venv"

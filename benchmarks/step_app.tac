@@ -1,6 +1,6 @@
 # HISTORICAL STEP SERVER -- NOT THE PRODUCT (see benchmarks/steps.py).
 #
-# The product's service, built by tcpdemo.service.makeService from the same
+# The product's service, built by tcpdemo.tap.makeService from the same
 # options as `twistd tcpdemo`, with its protocol class swapped for one step
 # of BENCHMARKS.md:
 #
@@ -17,7 +17,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from benchmarks.steps import STEPS  # noqa: E402
-from tcpdemo.service import Options, makeService  # noqa: E402
+from tcpdemo.tap import Options, makeService  # noqa: E402
 
 _step = os.environ.get("TCPDEMO_STEP", "")
 if _step in STEPS:

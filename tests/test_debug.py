@@ -47,7 +47,7 @@ from tcpdemo.debug import (
 )
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.protocol import TcpDemoServerFactory
-from tcpdemo.service import Options
+from tcpdemo.tap import Options
 
 from .support import LOOPBACK, freePort, subprocessEnv, twistdCommand
 

@@ -424,7 +424,7 @@ class ComposeTests(unittest.TestCase):
         """
         with open(os.path.join(MONITOR, "Dockerfile.dockerignore"), encoding="utf-8") as f:
             patterns = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-        needed = ["pyproject.toml", "setup.cfg", "tcpdemo/__init__.py", "tcpdemo/service.py",
+        needed = ["pyproject.toml", "setup.cfg", "tcpdemo/__init__.py", "tcpdemo/tap.py",
                   "twisted/plugins/tcpdemo_plugin.py"]  # fmt: skip
         for path in needed:
             self.assertTrue(os.path.exists(os.path.join(REPO_ROOT, path)), path)

@@ -20,7 +20,9 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from tcpdemo import service, workers
+from tcpdemo import tap
+from tcpdemo.supervisor import BACKOFF_RESET, WorkerSupervisor, workerArguments
+from tcpdemo.worker import WorkerOptions
 
 from .support import (
     LOOPBACK,
@@ -40,8 +42,8 @@ from .support import (
 )
 
 
-def parse(*args: str) -> service.Options:
-    options = service.Options()
+def parse(*args: str) -> tap.Options:
+    options = tap.Options()
     options.parseOptions(list(args))
     return options
 
@@ -54,7 +56,7 @@ class OptionsTests(SynchronousTestCase):
         options = parse()
         self.assertEqual(options["workers"], 1)
         self.assertEqual(options["worker-sockets"], "reuseport")
-        self.assertIsInstance(service.makeService(options), service.TcpDemoService)
+        self.assertIsInstance(tap.makeService(options), tap.TcpDemoService)
 
     def test_auto(self) -> None:
         self.assertEqual(parse("--workers", "auto")["workers"], os.cpu_count() or 1)
@@ -74,7 +76,7 @@ class OptionsTests(SynchronousTestCase):
         parse("--port", "unix:/tmp/tcpdemo.sock")
 
     def test_helpDocumentsWorkers(self) -> None:
-        text = " ".join(str(service.Options()).split())
+        text = " ".join(str(tap.Options()).split())
         self.assertIn("--workers", text)
         self.assertIn("--worker-sockets", text)
         self.assertIn("applies to each worker", text)
@@ -92,10 +94,10 @@ class OptionsTests(SynchronousTestCase):
             "--write-buffer-limit", "1000", "--grace-period", "3", "--max-frame-length", "99",
             "--auth-token-file", os.path.relpath(token), "--metrics", "none",
         )
-        arguments = workers.workerArguments(options)
+        arguments = workerArguments(options)
         for name in ("port", "metrics", "debug", "workers", "worker-sockets"):
             self.assertFalse([a for a in arguments if a.startswith(f"--{name}=")], name)
-        worker = workers.WorkerOptions()
+        worker = WorkerOptions()
         worker.parseOptions(["--fd=3", "--family=INET6", "--worker-id=2", *arguments])
         for name in (
             "max-connections", "idle-timeout", "write-buffer-limit", "grace-period",
@@ -110,9 +112,9 @@ class OptionsTests(SynchronousTestCase):
         With N > 1, makeService builds the supervisor; nothing is created
         until it starts.
         """
-        supervisor = service.makeService(parse("--workers", "2", "--port", "tcp:0"))
-        self.assertIsInstance(supervisor, workers.WorkerSupervisor)
-        assert isinstance(supervisor, workers.WorkerSupervisor)
+        supervisor = tap.makeService(parse("--workers", "2", "--port", "tcp:0"))
+        self.assertIsInstance(supervisor, WorkerSupervisor)
+        assert isinstance(supervisor, WorkerSupervisor)
         self.assertEqual(len(supervisor.workers), 2)
         self.assertIsNone(supervisor.metricsDirectory)
 
@@ -144,7 +146,7 @@ class BackoffTests(SynchronousTestCase):
 
     def test_backoff(self) -> None:
         reactor = FakeReactor()
-        supervisor = workers.WorkerSupervisor(reactor, parse("--workers", "2"))
+        supervisor = WorkerSupervisor(reactor, parse("--workers", "2"))
         supervisor.metricsDirectory = tempfile.mkdtemp()
         supervisor.server.fileno = lambda worker: 99  # type: ignore[method-assign]
         supervisor.server.familyName = lambda: "INET"  # type: ignore[method-assign]
@@ -167,7 +169,7 @@ class BackoffTests(SynchronousTestCase):
         self.assertEqual(supervisor.restarts._value.get(), 8)
 
         # A worker that lived 60 s starts the schedule again.
-        reactor.advance(workers.BACKOFF_RESET)
+        reactor.advance(BACKOFF_RESET)
         supervisor.workerEnded(worker, killed)
         assert worker.restart is not None
         self.assertEqual(worker.restart.getTime() - reactor.seconds(), 0.5)

@@ -1,29 +1,15 @@
 """
-The C{twistd tcpdemo} plugin.  Imports of the server are deferred to
-C{makeService}, so that listing plugins stays cheap and installs no reactor.
+The C{twistd tcpdemo} plugin.  A L{ServiceMaker} names the module that
+holds C{Options} and C{makeService} (L{tcpdemo.tap}) and imports it only
+when twistd runs or describes the server, so listing plugins stays cheap
+and loads none of the server.
 """
 
-from __future__ import annotations
+from twisted.application.service import ServiceMaker
 
-from typing import Any
-
-from twisted.application.service import IServiceMaker
-from twisted.plugin import IPlugin
-from zope.interface import implementer
-
-from tcpdemo.service import Options
-
-
-@implementer(IServiceMaker, IPlugin)
-class TcpDemoServiceMaker:
-    tapname = "tcpdemo"
-    description = "Serve the tcpdemo Submit/SubmitAck protocol, with Prometheus metrics."
-    options = Options
-
-    def makeService(self, options: Options) -> Any:
-        from tcpdemo.service import makeService
-
-        return makeService(options)
-
-
-serviceMaker = TcpDemoServiceMaker()
+serviceMaker = ServiceMaker(
+    "tcpdemo",
+    "tcpdemo.tap",
+    "Serve the tcpdemo Submit/SubmitAck protocol, with Prometheus metrics.",
+    "tcpdemo",
+)

@@ -1,25 +1,22 @@
 """
-The server as a Twisted service: command-line options and C{makeService}.
+C{twistd tcpdemo}: its command-line options and C{makeService}, which builds
+the server (or, with C{--workers N}, the supervising parent) as a Twisted
+service.  The plugin imports this module only when the server is run.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import resource
-import socket
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
+from tcpdemo.endpoints import ListenerService, withBacklog
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 from tcpdemo.metrics import ServerMetrics, metricsSite
 from tcpdemo.optiontypes import nonNegativeFloat, positiveInt
@@ -29,21 +26,6 @@ DEFAULT_PORT = "tcp:8888"
 DEFAULT_METRICS = "tcp:8889"
 DEFAULT_BACKLOG = 4096
 DEFAULT_GRACE_PERIOD = 10.0
-
-#: Endpoint types whose listen() takes a backlog argument.
-_BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
-
-
-def withBacklog(description: str, backlog: int) -> str:
-    """
-    Add C{backlog=} to a tcp, ssl or unix endpoint description that lacks
-    one: Twisted's default of 50 drops bursts of connects.
-    """
-    kind = description.split(":", 1)[0].lower()
-    if kind not in _BACKLOG_TYPES or re.search(r"(^|:)backlog=", description):
-        return description
-    return f"{description}:backlog={backlog}"
-
 
 def _frameLength(value: str) -> int:
     number = int(value)
@@ -213,90 +195,6 @@ class Options(usage.Options):
                 )
 
 
-class ListenerService(Service):
-    """
-    Listen on an endpoint while running; log the real address once.
-    """
-
-    log = Logger()
-
-    def __init__(self, reactor: Any, description: str, factory: Factory[Any], what: str):
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.what = what
-        self.port: IListeningPort | None = None
-
-    def privilegedStartService(self) -> None:
-        # Listen before privileges are dropped, and fail loudly: twistd must
-        # exit with an error if the address is taken, not run deaf.
-        Service.privilegedStartService(self)
-        self._listen()
-
-    def startService(self) -> None:
-        Service.startService(self)
-        if self.port is None:
-            self._listen()
-
-    def _listen(self) -> None:
-        endpoint = serverFromString(self.reactor, self.description)
-        outcome: list[Any] = []
-        endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            raise RuntimeError(f"{self.description}: listen() did not complete at once")
-        if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
-        self.port = outcome[0]
-        self.log.info(
-            "{what} listening on {address}", what=self.what, address=self.address()
-        )
-
-    def address(self) -> str:
-        assert self.port is not None
-        host = self.port.getHost()
-        if hasattr(host, "port"):
-            return f"{host.type.lower()}:{host.host}:{host.port}"  # type: ignore[attr-defined]
-        return f"unix:{getattr(host, 'name', host)}"
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
-        return None
-
-
-class AdoptedListenerService(ListenerService):
-    """
-    Serve on a listening socket inherited as file descriptor C{fd} (a
-    worker's, from the parent with C{--workers N}), with
-    C{reactor.adoptStreamPort}.  The descriptor is closed once adopted (the
-    port has its own duplicate).
-    """
-
-    def __init__(
-        self,
-        reactor: Any,
-        fd: int,
-        family: socket.AddressFamily,
-        factory: Factory[Any],
-        what: str,
-    ):
-        ListenerService.__init__(self, reactor, f"fd:{fd}", factory, what)
-        self.fd = fd
-        self.family = family
-
-    def _listen(self) -> None:
-        self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
-        os.close(self.fd)
-        self.log.info(
-            "{what} accepting on {address} (the parent's socket, fd {fd})",
-            what=self.what,
-            address=self.address(),
-            fd=self.fd,
-        )
-
-
 class TcpDemoService(MultiService):
     """
     The protocol listener and, optionally, the metrics listener.  Stopping
@@ -438,14 +336,14 @@ def makeService(
     prometheus_client's global one, which carries the process collectors.
 
     With C{--workers N} (N > 1) this is the parent of N worker processes
-    (L{tcpdemo.workers.WorkerSupervisor}); C{registry}, by default a new
+    (L{tcpdemo.supervisor.WorkerSupervisor}); C{registry}, by default a new
     one, then gets the collectors of the workers' metrics.
     """
     if reactor is None:
         from twisted.internet import reactor
     raiseFileLimit()
     if options["workers"] > 1:
-        from tcpdemo.workers import WorkerSupervisor
+        from tcpdemo.supervisor import WorkerSupervisor
 
         return WorkerSupervisor(reactor, options, registry)
     if registry is None:

@@ -16,15 +16,15 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 
-from tcpdemo import service
+from tcpdemo import endpoints, tap
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH
 
 from .support import ackFrame, submitFrame
 
 
 class OptionsTests(SynchronousTestCase):
-    def parse(self, *args: str) -> service.Options:
-        options = service.Options()
+    def parse(self, *args: str) -> tap.Options:
+        options = tap.Options()
         options.parseOptions(list(args))
         return options
 
@@ -64,7 +64,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertRaises(usage.UsageError, self.parse, "--auth-token-file", path)
 
     def test_helpDocumentsEveryOption(self) -> None:
-        text = str(service.Options())
+        text = str(tap.Options())
         for name in (
             "--port", "--metrics", "--debug", "--max-frame-length", "--max-connections",
             "--idle-timeout", "--write-buffer-limit", "--backlog", "--grace-period",
@@ -78,10 +78,10 @@ class OptionsTests(SynchronousTestCase):
         self.assertIn("Off by default", flat)
 
     def test_withBacklog(self) -> None:
-        self.assertEqual(service.withBacklog("tcp:8888", 4096), "tcp:8888:backlog=4096")
-        self.assertEqual(service.withBacklog("unix:/tmp/s", 10), "unix:/tmp/s:backlog=10")
-        self.assertEqual(service.withBacklog("tcp:1:backlog=5", 4096), "tcp:1:backlog=5")
-        self.assertEqual(service.withBacklog("systemd:domain=INET:index=0", 5),
+        self.assertEqual(endpoints.withBacklog("tcp:8888", 4096), "tcp:8888:backlog=4096")
+        self.assertEqual(endpoints.withBacklog("unix:/tmp/s", 10), "unix:/tmp/s:backlog=10")
+        self.assertEqual(endpoints.withBacklog("tcp:1:backlog=5", 4096), "tcp:1:backlog=5")
+        self.assertEqual(endpoints.withBacklog("systemd:domain=INET:index=0", 5),
                          "systemd:domain=INET:index=0")
 
 
@@ -89,7 +89,7 @@ class PluginTests(SynchronousTestCase):
     def test_discoverable(self) -> None:
         makers = {m.tapname: m for m in getPlugins(IServiceMaker)}
         self.assertIn("tcpdemo", makers)
-        self.assertIs(makers["tcpdemo"].options, service.Options)
+        self.assertIs(makers["tcpdemo"].options, tap.Options)
 
 
 class Collector(protocol.Protocol):
@@ -105,20 +105,20 @@ class Collector(protocol.Protocol):
 
 
 class ServiceTests(TestCase):
-    def startService(self, *args: str) -> service.TcpDemoService:
-        options = service.Options()
+    def startService(self, *args: str) -> tap.TcpDemoService:
+        options = tap.Options()
         options.parseOptions(
             ["--port", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",
              *args]
         )
-        svc = service.makeService(options, reactor, CollectorRegistry())
-        assert isinstance(svc, service.TcpDemoService)
+        svc = tap.makeService(options, reactor, CollectorRegistry())
+        assert isinstance(svc, tap.TcpDemoService)
         svc.privilegedStartService()
         svc.startService()
         self.addCleanup(lambda: svc.running and svc.stopService())
         return svc
 
-    async def connect(self, svc: service.TcpDemoService) -> Collector:
+    async def connect(self, svc: tap.TcpDemoService) -> Collector:
         assert svc.server.port is not None
         port = svc.server.port.getHost().port  # type: ignore[attr-defined]
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
@@ -186,9 +186,9 @@ class ServiceTests(TestCase):
         svc = self.startService()
         assert svc.server.port is not None
         port = svc.server.port.getHost().port  # type: ignore[attr-defined]
-        options = service.Options()
+        options = tap.Options()
         options.parseOptions(["--port", f"tcp:{port}:interface=127.0.0.1", "--metrics", "none"])
-        clash = service.makeService(options, reactor, CollectorRegistry())
+        clash = tap.makeService(options, reactor, CollectorRegistry())
         from twisted.internet.error import CannotListenError
 
         self.assertRaises(CannotListenError, clash.privilegedStartService)
@@ -207,7 +207,7 @@ class FileLimitTests(SynchronousTestCase):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
-        self.assertEqual(service.raiseFileLimit(), hard)
+        self.assertEqual(tap.raiseFileLimit(), hard)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
 
 

@@ -1,30 +1,28 @@
 """
-C{twistd -n tcpdemo --workers N}: one listening socket, N worker processes.
+C{twistd -n tcpdemo --workers N}, the parent: listening sockets, N worker
+processes (L{tcpdemo.worker}) supervised, one C{/metrics} for them all.
 
-The parent (L{WorkerSupervisor}) listens on C{--port} itself, stops its own
-reactor from accepting on that socket, and starts N workers with
-C{reactor.spawnProcess}, handing each the socket as file descriptor 3.  A
-worker (C{python -m tcpdemo.workers}, L{main}) is a whole tcpdemo server but
-for its listener: C{reactor.adoptStreamPort} on the inherited socket, so all
-workers accept from the same kernel accept queue.
+The parent (L{WorkerSupervisor}) binds C{--port} itself, never accepts on
+it, and starts N workers with C{reactor.spawnProcess}, handing each a
+listening socket as file descriptor 3.  A worker (C{python -m
+tcpdemo.worker}) is a whole tcpdemo server but for its listener:
+C{reactor.adoptStreamPort} on the inherited socket.
 
-Why one inherited socket rather than one C{SO_REUSEPORT} socket per worker:
+C{--worker-sockets} chooses how the port is shared:
 
-  - Nothing queued is lost when a worker dies: connections wait in the one
-    accept queue for any live worker.  With C{SO_REUSEPORT} each socket has
-    its own queue, and the connections in a dead worker's queue are reset.
-  - Nobody else can join: with C{SO_REUSEPORT} any process of the same user
-    can bind the port too and silently take a share of the connections.
-  - It works for every tcp/tcp6 endpoint Twisted parses, port 0 included
-    (the parent binds once, the workers never bind), and on every POSIX
-    system, where C{SO_REUSEPORT} load balancing is Linux-specific.
-  - A slow or stuck worker takes fewer new connections (it is late to
-    C{accept}), where C{SO_REUSEPORT} hashes connections onto it regardless.
+  - C{reuseport} (the default on Linux): one C{SO_REUSEPORT} socket per
+    worker, all bound by the parent (so port 0 works, and nobody else's
+    socket is in the group when the parent starts).  The kernel hashes
+    each connection onto one socket, so the split is even and no idle
+    worker is woken for nothing.  The price: each socket has its own
+    accept queue, tied to its worker's life (see L{WorkerSockets}).
+  - C{shared}: one socket for all.  Connections wait in the one queue for
+    any live worker and a slow worker takes fewer of them; but every idle
+    worker wakes for each connection and a burst of connects can mostly
+    go to the worker that wakes first.  It is also what other systems
+    than Linux get, where C{SO_REUSEPORT} does not spread connections.
 
-The price: every idle worker is woken for each new connection and all but
-one find nothing to accept (a thundering herd, cheap at a few workers), and
-the split is not even: a burst of connects can mostly go to the worker that
-wakes first.  C{tcpdemo_worker_client_connected} shows the split.
+C{tcpdemo_worker_client_connected} shows the split.
 
 The parent supervises: it restarts a worker that dies (after 0.5 s, doubling
 to 30 s for a worker that keeps dying, back to 0.5 s once one has lived
@@ -38,7 +36,7 @@ parent goes away (its standard input, a pipe from the parent, closes).
 Metrics: the parent makes a private directory for prometheus_client's
 multiprocess mode, passes it to the workers as C{PROMETHEUS_MULTIPROC_DIR}
 (set before their interpreter starts, so before prometheus_client is
-imported), serves C{/metrics} from those files (see L{tcpdemo.metrics}),
+imported), serves C{/metrics} from those files (see L{tcpdemo.aggregation}),
 calls C{mark_process_dead} for each dead worker and removes the directory
 when it stops.  Worker log events reach the parent's log as JSON lines on
 the worker's standard output, re-emitted with their level, namespace and
@@ -53,41 +51,31 @@ import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
-from typing import IO, Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.multiprocess import mark_process_dead
 from twisted.application.service import MultiService, Service
-from twisted.internet import defer, error, fdesc, tcp
+from twisted.internet import defer, error, tcp
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReadDescriptor
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.logger import (
-    FilteringLogObserver,
     Logger,
     LogLevel,
-    LogLevelFilterPredicate,
     eventFromJSON,
     formatEvent,
-    globalLogBeginner,
-    jsonFileLogObserver,
 )
-from twisted.python import usage
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 import tcpdemo
-from tcpdemo.metrics import metricsSite, workersRegistry
-from tcpdemo.service import (
-    AdoptedListenerService,
-    ListenerService,
-    Options,
-    TcpDemoService,
-    buildFactory,
-    withBacklog,
-)
+from tcpdemo.aggregation import workersRegistry
+from tcpdemo.endpoints import ListenerService, withBacklog
+from tcpdemo.metrics import metricsSite
+
+if TYPE_CHECKING:
+    from tcpdemo.tap import Options
 
 #: Restart backoff: first delay, cap, and how long a worker must have lived
 #: for the next restart to start again from the first delay.
@@ -109,8 +97,6 @@ _PARENT_ONLY = frozenset(("port", "metrics", "debug", "workers", "worker-sockets
 #: Longest partial line kept from a worker's output before it is logged.
 _MAX_LINE = 65536
 
-_FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6}
-
 
 def workerArguments(options: Options) -> list[str]:
     """
@@ -118,7 +104,7 @@ def workerArguments(options: Options) -> list[str]:
     C{options}: every server option but those in L{_PARENT_ONLY}.
     """
     arguments = []
-    for parameter in Options.optParameters:
+    for parameter in type(options).optParameters:
         name = parameter[0]
         value = options[name]
         if name in _PARENT_ONLY or value is None:
@@ -402,7 +388,7 @@ class WorkerSupervisor(MultiService):
         args = [
             sys.executable,
             "-m",
-            "tcpdemo.workers",
+            "tcpdemo.worker",
             f"--fd={WORKER_FD}",
             f"--family={self.server.familyName()}",
             f"--worker-id={worker.number}",
@@ -582,133 +568,3 @@ class WorkerSupervisor(MultiService):
             self.reactor._exitSignal = None
 
 
-# The worker process
-
-
-@implementer(IReadDescriptor)
-class ParentWatch:
-    """
-    Calls C{lost} when the parent goes away: the worker's standard input
-    is a pipe from the parent, which only the parent's exit closes.
-    """
-
-    def __init__(self, fd: int, lost: Callable[[], None]) -> None:
-        self.fd = fd
-        self.lost = lost
-        fdesc.setNonBlocking(fd)
-
-    def fileno(self) -> int:
-        return self.fd
-
-    def doRead(self) -> Any:
-        return fdesc.readFromFD(self.fd, lambda data: None)
-
-    def connectionLost(self, reason: Failure) -> None:
-        self.lost()
-
-    def logPrefix(self) -> str:
-        return "parent"
-
-
-class WorkerOptions(Options):
-    """
-    A worker's command line: the server options, plus where its listening
-    socket is and which worker it is.
-    """
-
-    optParameters = Options.optParameters + [
-        ["fd", None, WORKER_FD, "The inherited listening socket's descriptor.", int],
-        ["family", None, "INET", "Its address family: INET or INET6."],
-        ["worker-id", None, "1", "This worker's number, for metrics and logs."],
-    ]
-
-    def postOptions(self) -> None:
-        Options.postOptions(self)
-        if self["family"] not in _FAMILIES:
-            raise usage.UsageError(f"--family must be INET or INET6, not {self['family']}")
-
-
-def startLogging(out: IO[str]) -> None:
-    """
-    Log events as JSON lines on C{out}, for the parent to re-emit.
-    """
-    observer = FilteringLogObserver(
-        jsonFileLogObserver(out, recordSeparator=""),
-        [LogLevelFilterPredicate(LogLevel.info)],
-    )
-    globalLogBeginner.beginLoggingTo([observer])
-
-
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """
-    A worker: serve on the inherited socket until SIGTERM, SIGINT or the
-    parent's exit, then deliver the owed acks and exit 0 (1 if the grace
-    period ran out).
-    """
-    options = WorkerOptions()
-    try:
-        options.parseOptions(list(sys.argv[1:] if argv is None else argv))
-    except usage.UsageError as e:
-        sys.stderr.write(f"tcpdemo.workers: {e}\n")
-        sys.exit(2)
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        sys.stderr.write(
-            "tcpdemo.workers: warning: PROMETHEUS_MULTIPROC_DIR is not set; this "
-            "worker's metrics will not reach the parent\n"
-        )
-    startLogging(sys.stdout)
-    log = Logger(namespace="tcpdemo.workers")
-
-    from twisted.internet import reactor
-
-    worker = options["worker-id"]
-    factory = buildFactory(options, reactor, CollectorRegistry(), worker=worker)
-    listener = AdoptedListenerService(
-        reactor, options["fd"], _FAMILIES[options["family"]], factory, "tcpdemo worker"
-    )
-    service = TcpDemoService(
-        reactor,
-        factory,
-        port=None,
-        metrics=None,
-        gracePeriod=options["grace-period"],
-        listener=listener,
-    )
-    stopping: list[str] = []
-
-    def stop(why: str) -> None:
-        if stopping:
-            return
-        stopping.append(why)
-        log.info("stopping ({why}): delivering owed acks", why=why)
-        reactor.stop()
-
-    def onSignal(number: int, frame: Any) -> None:
-        reactor.callFromThread(stop, signal.Signals(number).name)  # type: ignore[attr-defined]
-
-    def installSignals() -> None:
-        # Replaces the reactor's handlers: a second signal (SIGINT from a
-        # terminal, then SIGTERM from the parent) must not stop it twice.
-        signal.signal(signal.SIGTERM, onSignal)
-        signal.signal(signal.SIGINT, onSignal)
-
-    service.privilegedStartService()
-    service.startService()
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", service.stopService
-    )
-    reactor.callWhenRunning(installSignals)
-    reactor.addReader(
-        ParentWatch(0, lambda: stop("the parent went away"))
-    )
-    reactor.run()
-    # The reactor put the default handlers back as it stopped: a SIGTERM
-    # now (the parent's, after one sent to the whole process group) would
-    # kill a worker that has already delivered everything it owed.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(0 if service.drainedCleanly is not False else 1)
-
-
-if __name__ == "__main__":
-    main()
