@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,9 +17,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from tests.support import LOOPBACK, freePort, waitFor
+from tests.support import LOOPBACK, REPO_ROOT, freePort, waitFor
 
 CLUSTER_NAME = "tcpdemo-test"
+DEPLOY_DIR = os.path.join(REPO_ROOT, "deploy", "nats")
 
 
 def natsServerPath() -> str:
@@ -48,12 +50,16 @@ class NatsServer:
         self.logPath = os.path.join(workdir, f"{name}.log")
         self.routes: list[int] = []
         self.process: subprocess.Popen[bytes] | None = None
+        #: Run from this configuration file (deploy/nats/...) instead of flags.
+        self.configPath: str | None = None
 
     @property
     def url(self) -> str:
         return f"nats://{LOOPBACK}:{self.port}"
 
     def command(self) -> list[str]:
+        if self.configPath is not None:
+            return [natsServerPath(), "-c", self.configPath]
         args = [
             natsServerPath(),
             "-js",
@@ -140,16 +146,48 @@ class NatsServer:
                 self.process.wait(10)
 
 
+def deployConfig(text: str, server: NatsServer, peers: Sequence[NatsServer]) -> str:
+    """
+    A C{deploy/nats/nats-N.conf} with its listeners, routes and store moved
+    to C{server}'s loopback ports and directory (whole lines only).
+    """
+    replacements = {
+        "listen: 0.0.0.0:4222": f"listen: {LOOPBACK}:{server.port}",
+        "http: 0.0.0.0:8222": f"http: {LOOPBACK}:{server.monitorPort}",
+        "listen: 0.0.0.0:6222": f"listen: {LOOPBACK}:{server.clusterPort}",
+        "store_dir: /var/lib/nats/jetstream": f"store_dir: {server.storeDir}",
+    }
+    for peer in peers:
+        number = peer.name.rsplit("-", 1)[1]
+        replacements[f"nats://10.0.1.{number}:6222"] = f"nats://{LOOPBACK}:{peer.clusterPort}"
+    for old, new in replacements.items():
+        line = re.compile(rf"^(\s*){re.escape(old)}\s*$", re.M)
+        text, found = line.subn(rf"\g<1>{new}", text)
+        if found != 1:
+            raise AssertionError(f"deploy/nats config should have a line {old!r}, once")
+    return text
+
+
 class NatsCluster:
     """
-    C{size} nats-servers routed to each other on loopback (1: a lone node).
+    C{size} nats-servers routed to each other on loopback (1: a lone node);
+    with C{deployed}, three nodes run from deploy/nats/nats-N.conf.
     """
 
-    def __init__(self, workdir: str, size: int = 3) -> None:
-        self.servers = [NatsServer(workdir, f"n{number}") for number in range(1, size + 1)]
+    def __init__(self, workdir: str, size: int = 3, deployed: bool = False) -> None:
+        names = [f"nats-{number}" for number in range(1, size + 1)]
+        self.servers = [NatsServer(workdir, name) for name in names]
         if size > 1:
             for server in self.servers:
                 server.routes = [s.clusterPort for s in self.servers if s is not server]
+        if deployed:
+            for server in self.servers:
+                with open(os.path.join(DEPLOY_DIR, f"{server.name}.conf")) as f:
+                    text = f.read()
+                peers = [s for s in self.servers if s is not server]
+                server.configPath = os.path.join(workdir, f"{server.name}.conf")
+                with open(server.configPath, "w") as f:
+                    f.write(deployConfig(text, server, peers))
 
     @property
     def urls(self) -> str:
