@@ -84,6 +84,34 @@ class AsyncioThread:
         future.add_done_callback(done)
         return d
 
+    def runBlocking(
+        self, timeout: float, coroutine: Callable[..., Coroutine[Any, Any, T]], *args: Any
+    ) -> T:
+        """
+        Run C{coroutine(*args)} on the loop and wait for its result here,
+        blocking the calling thread: for start-up, which may come before the
+        reactor runs (when L{run}'s Deferred could not fire yet).
+        """
+        loop = self.loop
+        assert loop is not None, "AsyncioThread.runBlocking before start"
+        future = asyncio.run_coroutine_threadsafe(coroutine(*args), loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def stopNow(self) -> None:
+        """
+        Stop the loop and join the thread, blocking (briefly) the caller.
+        """
+        loop, thread = self.loop, self._thread
+        if loop is None or thread is None:
+            return
+        self.loop = self._thread = None
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
     def stop(self) -> Deferred[None]:
         """
         Stop the loop and wait for the thread to end (in the reactor thread,

@@ -27,8 +27,9 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpdemo.handlers import HandlerArgumentError, ISubmitHandler, Results, SubmitBatch
@@ -331,16 +332,20 @@ class JetStreamHandler:
         self._reactor.callFromThread(log.info, "{line}", line=line)
 
     def startHandler(self) -> Deferred[None]:
-        return Deferred.fromCoroutine(self._start())
-
-    async def _start(self) -> None:
+        """
+        Connect and make sure of the stream, waiting here: the server may
+        start its handler before the reactor runs, and listens only once
+        this has returned.  Bounded by the spec's timeout.
+        """
         self._thread.start()
         try:
-            line = await self._thread.run(self._connection.open)
+            line = self._thread.runBlocking(self.spec.timeout + 5, self._connection.open)
         except BaseException:
-            await self._thread.stop()
-            raise
+            failure = Failure()
+            self._thread.stopNow()
+            return fail(failure)
         log.info("{line}", line=line)
+        return succeed(None)
 
     def handle(self, batch: SubmitBatch) -> Deferred[Results]:
         self._published += 1
