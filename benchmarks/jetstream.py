@@ -3,7 +3,7 @@ How fast the jetstream handler stores: durable acks per second through a
 1-node and a 3-node (3-replica) JetStream cluster, started here on loopback.
 
     python -m benchmarks.jetstream                       # handler only, both clusters
-    python -m benchmarks.jetstream --twistd              # twistd under P, both clusters
+    python -m benchmarks.jetstream --twistd --baseline   # twistd under P and V: ack, then both
 
 The handler-only mode drives L{JetStreamHandler} directly with batches
 shaped like what scenario P's reads bring (--batch Submits of --payload
@@ -112,38 +112,48 @@ async def directRun(
 
 
 def twistdRun(
-    cluster: NatsCluster, replicas: int, scenario: str, args: argparse.Namespace
+    cluster: NatsCluster | None, replicas: int, scenario: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     """
-    C{twistd -n tcpdemo --handler jetstream:...} under scenario P or V.
+    C{twistd -n tcpdemo --handler jetstream:...} under scenario P or V;
+    without a cluster, C{--handler ack}, the reference.
     """
     from benchmarks.bench import SCENARIOS
     from benchmarks.servers import clientCommand
     from tests.support import TwistdServer
 
-    urls = cluster.urls
     workdir = tempfile.mkdtemp(prefix="bench-jetstream-twistd-")
-    server = TwistdServer(
-        workdir,
-        ["--handler", f"jetstream:{urls}?stream=BENCH{scenario}&replicas={replicas}"],
-    )
+    if cluster is None:
+        handler = "ack"
+    else:
+        handler = (
+            f"jetstream:{cluster.urls}?stream=BENCH{scenario}&subject=bench.{scenario}"
+            f"&replicas={replicas}"
+        )
+    server = TwistdServer(workdir, ["--handler", handler])
     try:
         s = SCENARIOS[scenario]
         command = clientCommand(
             sys.executable, server.port, s.connections, args.seconds, s.payloadSize,
             window=s.window, rate=s.rate,
         )
-        serverCpu, natsBefore = cpuSeconds(server.pid), natsCpu(cluster)
+        natsBefore = natsCpu(cluster) if cluster else 0.0
+        serverCpu = cpuSeconds(server.pid)
         result = subprocess.run(command, capture_output=True, timeout=args.seconds + 120)
         report = json.loads(result.stdout)
         duration = report["duration_s"]
+        natsAfter = natsCpu(cluster) if cluster else 0.0
         return {
+            "handler": handler.split(":")[0],
             "scenario": scenario,
             "acks_per_s": report["throughput_acks_per_s"],
             "errors": report["errors"]["total"],
             "p99_ms": report["latency_us"]["p99"] / 1000,
             "server_cpu_percent": round(100 * (cpuSeconds(server.pid) - serverCpu) / duration),
-            "nats_cpu_percent": round(100 * (natsCpu(cluster) - natsBefore) / duration),
+            "server_cpu_us_per_ack": round(
+                1e6 * (cpuSeconds(server.pid) - serverCpu) / max(report["acked"], 1), 3
+            ),
+            "nats_cpu_percent": round(100 * (natsAfter - natsBefore) / duration),
         }
     finally:
         server.terminate()
@@ -159,11 +169,16 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=250, help="batches outstanding (direct)")
     parser.add_argument("--twistd", action="store_true", help="the real server under P and V")
     parser.add_argument("--scenarios", nargs="+", default=["P", "V"])
+    parser.add_argument("--baseline", action="store_true",
+                        help="with --twistd: --handler ack first, side by side")
     args = parser.parse_args()
 
     from twisted.internet import defer, task
 
     async def runAll(reactor: Any) -> None:
+        if args.twistd and args.baseline:
+            for scenario in args.scenarios:
+                print(json.dumps(twistdRun(None, 0, scenario, args)), flush=True)
         for replicas in args.replicas:
             workdir = tempfile.mkdtemp(prefix="bench-jetstream-")
             cluster = NatsCluster(workdir, 3 if replicas > 1 else 1)

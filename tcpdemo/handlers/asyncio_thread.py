@@ -55,6 +55,13 @@ class AsyncioThread:
             try:
                 loop.run_forever()
             finally:
+                # Whatever the library left running (readers, pingers) ends
+                # here, cancelled, rather than as "Task was destroyed".
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 

@@ -342,6 +342,10 @@ class JetStreamHandler:
             line = self._thread.runBlocking(self.spec.timeout + 5, self._connection.open)
         except BaseException:
             failure = Failure()
+            try:
+                self._thread.runBlocking(5, self._connection.close)
+            except Exception:
+                pass  # failing already: the first error is the one to tell
             self._thread.stopNow()
             return fail(failure)
         log.info("{line}", line=line)
