@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Awaitable, Iterator
+from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qsl
 
 import attrs
@@ -55,6 +55,7 @@ DEFAULT_TIMEOUT = 120.0
 PUBLISH_TIMEOUT = 2.0
 
 log = Logger()
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -230,10 +231,17 @@ class _Connection:
         if not createStream:
             return ""
         # A cluster just started may still be electing its leaders.
+        return await self.retrying(self._ensureStream)
+
+    async def retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """
+        C{call()}, again after transient failures (no leader yet, a node
+        just lost, no answer in time) until the spec's timeout.
+        """
         deadline = time.monotonic() + self._spec.timeout
         while True:
             try:
-                return await self._ensureStream()
+                return await call()
             except Exception as error:
                 if not _retryable(error) or time.monotonic() >= deadline:
                     raise
@@ -293,7 +301,7 @@ class _Connection:
         """
         The stream's (message count, last sequence).
         """
-        info = await self._js.stream_info(self._spec.stream)
+        info = await self.retrying(lambda: self._js.stream_info(self._spec.stream))
         return int(info.state.messages), int(info.state.last_seq)
 
     async def subscribeAll(self) -> Any:
@@ -302,11 +310,13 @@ class _Connection:
         """
         from nats.js.api import DeliverPolicy
 
-        return await self._js.subscribe(
-            self._spec.subject,
-            stream=self._spec.stream,
-            ordered_consumer=True,
-            deliver_policy=DeliverPolicy.ALL,
+        return await self.retrying(
+            lambda: self._js.subscribe(
+                self._spec.subject,
+                stream=self._spec.stream,
+                ordered_consumer=True,
+                deliver_policy=DeliverPolicy.ALL,
+            )
         )
 
 
