@@ -59,7 +59,7 @@ from benchmarks.servers import (
     clientCommand,
     interpreterVersion,
 )
-from tcpdemo.tap import raiseFileLimit
+from tcpdemo.limits import raiseFileLimit
 
 RESULTS = ROOT / "benchmarks" / "results"
 VENV = ROOT / "benchmarks" / ".venv"

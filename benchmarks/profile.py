@@ -33,7 +33,7 @@ from benchmarks.servers import (
     Server,
     clientCommand,
 )
-from tcpdemo.tap import raiseFileLimit
+from tcpdemo.limits import raiseFileLimit
 
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 TOP = 20

@@ -7,7 +7,6 @@ service.  The plugin imports this module only when the server is run.
 from __future__ import annotations
 
 import os
-import resource
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
@@ -18,6 +17,7 @@ from twisted.python import usage
 
 from tcpdemo.endpoints import ListenerService, withBacklog
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
+from tcpdemo.limits import raiseFileLimit
 from tcpdemo.metrics import ServerMetrics, metricsSite
 from tcpdemo.optiontypes import nonNegativeFloat, positiveInt
 from tcpdemo.protocol import DEFAULT_WRITE_BUFFER_LIMIT, TcpDemoServerFactory
@@ -275,22 +275,6 @@ class TcpDemoService(MultiService):
             if getattr(self.reactor, "_exitSignal", None) is not None:
                 self.reactor._exitSignal = None
         yield MultiService.stopService(self)
-
-
-def raiseFileLimit() -> int:
-    """
-    Raise the soft open-file limit to the hard one, as Go does, so that the
-    connection count is bounded by --max-connections and not by a default
-    of 1024.  Returns the new soft limit.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (OSError, ValueError):
-            pass
-    return soft
 
 
 def buildFactory(

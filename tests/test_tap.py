@@ -16,7 +16,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, readBody
 
-from tcpdemo import endpoints, tap
+from tcpdemo import endpoints, limits, tap
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH
 
 from .support import ackFrame, submitFrame
@@ -207,7 +207,7 @@ class FileLimitTests(SynchronousTestCase):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
-        self.assertEqual(tap.raiseFileLimit(), hard)
+        self.assertEqual(limits.raiseFileLimit(), hard)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
 
 

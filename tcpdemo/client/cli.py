@@ -27,7 +27,7 @@ from twisted.python import usage
 from tcpdemo.client.load import DEFAULT_WINDOW, LoadConfig, LoadRun, SetupError
 from tcpdemo.client.stats import PERCENTILES, Report
 from tcpdemo.optiontypes import nonNegativeInt, positiveFloat, positiveInt
-from tcpdemo.tap import raiseFileLimit
+from tcpdemo.limits import raiseFileLimit
 
 PROG = "tcpdemo-client"
 DEFAULT_HOST = "127.0.0.1"
