@@ -1,0 +1,76 @@
+"""
+Tests for the L{tcpdemo.client} package as a whole: it stands on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from twisted.trial import unittest
+
+from tests.support import REPO_ROOT, subprocessEnv
+
+#: Modules the client must not load: the server's, and the heavy libraries
+#: only the server needs.
+SERVER_MODULES = (
+    "prometheus_client",
+    "twisted.web",
+    "tcpdemo.protocol",
+    "tcpdemo.service",
+    "tcpdemo.metrics",
+    "tcpdemo.workers",
+    "tcpdemo.debug",
+)
+
+
+def loadedBy(statement: str) -> list[str]:
+    """
+    The modules a fresh interpreter has loaded after running C{statement}.
+    """
+    probe = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env=subprocessEnv(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    modules: list[str] = json.loads(out)
+    return modules
+
+
+def serverModules(modules: list[str]) -> list[str]:
+    return [
+        m for m in modules if any(m == s or m.startswith(s + ".") for s in SERVER_MODULES)
+    ]
+
+
+class ImportIsolationTests(unittest.TestCase):
+    def test_library(self) -> None:
+        """
+        C{import tcpdemo.client} loads none of the server's modules, nor
+        prometheus_client or twisted.web.
+        """
+        modules = loadedBy("import tcpdemo.client")
+        self.assertIn("tcpdemo.client.connection", modules)
+        self.assertEqual(serverModules(modules), [])
+
+    def test_loadClient(self) -> None:
+        """
+        Nor does the load client, command line included.
+        """
+        modules = loadedBy("import tcpdemo.client.cli, tcpdemo.client.__main__")
+        self.assertIn("tcpdemo.client.load", modules)
+        self.assertIn("tcpdemo.limits", modules)
+        self.assertEqual(serverModules(modules), [])
+
+    def test_probeSeesServerModules(self) -> None:
+        """
+        The probe would see them: importing the server loads them.
+        """
+        modules = loadedBy("import tcpdemo.service")
+        self.assertIn("prometheus_client", serverModules(modules))
+        self.assertIn("tcpdemo.protocol", serverModules(modules))
