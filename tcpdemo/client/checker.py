@@ -13,6 +13,7 @@ from __future__ import annotations
 import attrs
 
 from tcpdemo.client.ids import SUFFIXES, idBlocks, idBytes
+from tcpdemo.client.wire import ACK_SIZE as ACK_SIZE
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, HEADER_SIZE, LENGTH, MIN_FRAME_LENGTH, frame
 from tcpdemo.packet import (
     CONN_ACK,
@@ -24,8 +25,6 @@ from tcpdemo.packet import (
     encode,
 )
 
-#: Every SubmitAck frame is this long: length field, command, id, result.
-ACK_SIZE = len(frame(encode(SubmitAck(b"0" * ID_SIZE))))
 _ACK_HEAD = frame(encode(SubmitAck(b"0" * ID_SIZE)))[: -ID_SIZE - 1]
 _ACK_OK_TAIL = bytes((RESULT_OK,))
 #: Between the ids of back-to-back successful acks (before the id's prefix).
@@ -92,11 +91,13 @@ class AckChecker:
     The sender calls L{expect} for every Submit it writes; L{feed} takes
     bytes as they arrive and returns how many owed acks they answered, in
     order.  Wrong answers become L{Problem}s in C{problems}; after a
-    C{fatal} one (anything but a non-zero result) the stream cannot be
-    trusted any more and nothing else is consumed.
+    C{fatal} one the stream cannot be trusted any more and nothing else is
+    consumed.  A non-zero result is the server's answer, not a wire error:
+    it is counted in C{results}, and is a C{bad_result} problem only with
+    C{failOnResult}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, failOnResult: bool = False) -> None:
         #: Number of the Submit whose ack is owed next.
         self.nextId = 1
         #: Acks owed: Submits written and not yet answered.
@@ -105,6 +106,9 @@ class AckChecker:
         self.problems: list[Problem] = []
         #: A problem after which the stream is not understood any more.
         self.fatal = False
+        self.failOnResult = failOnResult
+        #: Acks that answered a Submit, by result byte.
+        self.results = [0] * 256
         self._buffer = b""
 
     def expect(self, count: int) -> None:
@@ -128,6 +132,7 @@ class AckChecker:
         if count and buffer.startswith(expectedAcks(self.nextId, count)):
             self.nextId += count
             self.owed = owed - count
+            self.results[RESULT_OK] += count
             rest = buffer[end:] if end < len(buffer) else b""
         else:
             count = 0
@@ -195,7 +200,8 @@ class AckChecker:
             return False
         self.nextId += 1
         self.owed -= 1
-        if result != RESULT_OK:
+        self.results[result] += 1
+        if result != RESULT_OK and self.failOnResult:
             self.problems.append(
                 Problem(
                     BAD_RESULT,

@@ -2,8 +2,10 @@
 The C{tcpdemo-client} command line: options, live progress, the summary.
 
 This is the only module of the client that writes to stdout or stderr.
-Exit status: 0 without errors, 1 if any ack was wrong or missing or a
-connection closed early, 2 for a usage error or when it could not connect.
+Exit status: 0 for a complete run without errors, 1 if any ack was wrong or
+missing or a connection closed early (or, with --fail-on-result, carried a
+non-zero result), 2 for a usage error or when it could not connect, 130
+for a run without errors stopped early by SIGINT (Ctrl-C) or SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from twisted.logger import (
 )
 from twisted.python import usage
 
+from tcpdemo.client.endpoint import EndpointError, clientEndpoint, isTLS
 from tcpdemo.client.load import DEFAULT_WINDOW, LoadConfig, LoadRun, SetupError
 from tcpdemo.client.stats import PERCENTILES, Report
-from tcpdemo.optiontypes import nonNegativeInt, positiveFloat, positiveInt
 from tcpdemo.limits import raiseFileLimit
+from tcpdemo.optiontypes import nonNegativeInt, positiveFloat, positiveInt
 
 PROG = "tcpdemo-client"
 DEFAULT_HOST = "127.0.0.1"
@@ -37,6 +40,8 @@ DEFAULT_DURATION = 10.0
 EXIT_OK = 0
 EXIT_ERRORS = 1
 EXIT_USAGE = 2
+#: A run cut short by a signal: 128 + SIGINT, as a shell reports Ctrl-C.
+EXIT_INTERRUPTED = 130
 
 
 def endpointFor(port: str, host: str | None) -> str:
@@ -63,14 +68,27 @@ class Options(usage.Options):
     longdesc = (
         "Load a tcpdemo server with Submits and check every SubmitAck: length, "
         "command, result, and that its id is the next one owed on its connection. "
-        "Prints a summary (throughput, latency percentiles, errors, client CPU); "
-        "exits 1 if anything was wrong, 2 if it could not connect. Without "
+        "Prints a summary (throughput, latency percentiles, acks by result, errors, "
+        "client CPU); exits 1 if anything was wrong, 2 if it could not connect, "
+        "130 if interrupted. Without "
         f"--duration or --count it runs for {DEFAULT_DURATION:g} seconds."
     )
 
     optFlags = [
         ["conn", None, "Send a Conn first on each connection and expect ConnAck result 0."],
+        [
+            "fail-on-result",
+            None,
+            "Count an ack with a non-zero result as an error (bad_result, exit 1); "
+            "by default results are counted, not errors.",
+        ],
         ["json", "j", "Print the result as one JSON object instead of a table."],
+        [
+            "no-verify",
+            None,
+            "With ssl: or tls: endpoints, do not verify the server's certificate "
+            "(encrypted but not authenticated).",
+        ],
         ["quiet", "q", "No progress display."],
     ]
     optParameters: list[list[Any]] = [
@@ -115,6 +133,14 @@ class Options(usage.Options):
             None,
             None,
             "Send this file's contents (stripped) in the Conn; implies --conn.",
+        ],
+        [
+            "ca-file",
+            None,
+            None,
+            "With ssl: or tls: endpoints, verify the server's certificate against "
+            "these CAs (a PEM file, or a directory of *.pem) [default: the "
+            "platform's trust roots, or the endpoint's caCertsDir=/trustRoots=].",
         ],
         [
             "drain-timeout",
@@ -165,6 +191,29 @@ class Options(usage.Options):
             except OSError as e:
                 raise usage.UsageError(f"--token-file: {e}") from e
             self["conn"] = True
+        self.checkEndpoint()
+
+    def checkEndpoint(self) -> None:
+        """
+        Build the endpoint once, so that a bad description, an unreadable
+        CA file or an unknown endpoint type is a usage error, not a traceback.
+        """
+        from twisted.internet import reactor
+
+        tls = isTLS(self["endpoint"])
+        if not tls and (self["no-verify"] or self["ca-file"] is not None):
+            raise usage.UsageError("--no-verify and --ca-file go with ssl: or tls: endpoints")
+        if self["no-verify"] and self["ca-file"] is not None:
+            raise usage.UsageError("--no-verify and --ca-file exclude each other")
+        try:
+            clientEndpoint(
+                reactor,
+                self["endpoint"],
+                tlsVerify=not self["no-verify"],
+                trustRoot=self["ca-file"],
+            )
+        except EndpointError as e:
+            raise usage.UsageError(f"--port {self['endpoint']}: {e}") from e
 
     def config(self) -> LoadConfig:
         """
@@ -182,6 +231,9 @@ class Options(usage.Options):
             token=self["token"],
             drainTimeout=self["drain-timeout"],
             connectTimeout=self["connect-timeout"],
+            failOnResult=bool(self["fail-on-result"]),
+            tlsVerify=not self["no-verify"],
+            trustRoot=self["ca-file"],
         )
 
 
@@ -218,9 +270,14 @@ def formatSummary(report: Report) -> str:
         if c["payload_size"] is None
         else f"{c['payload_size']} byte payloads"
     )
+    verify = c.get("tls_verify")
+    tls = ""
+    if verify is not None:
+        tls = ", TLS verified" if verify else ", TLS NOT VERIFIED (--no-verify)"
     lines = [
         f"{PROG}: {report.connections} connections to {c['endpoint']}"
-        + (", Conn handshake" if c["conn"] else ""),
+        + (", Conn handshake" if c["conn"] else "")
+        + tls,
         f"load: {shape}; {payload}; stop after {' or '.join(stop)}"
         + (" (interrupted)" if report.interrupted else ""),
         "",
@@ -228,6 +285,7 @@ def formatSummary(report: Report) -> str:
         f"  {'acked':<12}{_n(report.acked):>15}",
         f"  {'unanswered':<12}{_n(report.unanswered):>15}",
         f"  {'errors':<12}{_n(report.errors):>15}",
+        f"  {'results':<12}{formatResults(report.results):>15}",
         f"  {'duration':<12}{report.duration:>15.3f} s   (sending {report.sendDuration:.3f} s)",
         f"  {'throughput':<12}{_n(report.throughput):>15} acks/s",
     ]
@@ -263,9 +321,36 @@ def formatSummary(report: Report) -> str:
         if omitted > 0:
             lines.append(f"  ... and {omitted:,} more")
         lines.append(f"FAILED: {report.errors:,} error(s)")
+    elif report.interrupted:
+        lines.append(
+            f"INTERRUPTED: stopped early by a signal, no error until then (exit {EXIT_INTERRUPTED})"
+        )
+    elif report.nonZeroResults:
+        lines.append(
+            f"OK: every Submit got its ack, in order; {report.nonZeroResults:,} with a "
+            "non-zero result (the server's answer, not an error; see --fail-on-result)"
+        )
     else:
         lines.append("OK: every Submit got its ack, in order, with result 0")
     return "\n".join(lines) + "\n"
+
+
+def formatResults(results: dict[str, int]) -> str:
+    """
+    Acks by result, C{"0: 19, 3: 1"}, or C{"-"} when there were none.
+    """
+    return ", ".join(f"{r}: {n:,}" for r, n in results.items()) or "-"
+
+
+def exitStatus(report: Report) -> int:
+    """
+    1 for errors, else 130 for a run cut short by a signal, else 0.
+    """
+    if report.errors:
+        return EXIT_ERRORS
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK
 
 
 def formatJSON(report: Report) -> str:
@@ -342,7 +427,13 @@ def run(reactor: Any, options: Options, stdout: IO[str], stderr: IO[str]) -> Any
     Run the load; write the summary; fail with C{SystemExit} carrying the
     exit status.  Ctrl-C stops sending early and still drains and reports.
     """
-    load = LoadRun(reactor, options.config())
+    config = options.config()
+    if isTLS(config.endpoint) and not config.tlsVerify:
+        stderr.write(
+            f"{PROG}: WARNING: TLS certificate verification is OFF (--no-verify): "
+            "the server is not authenticated\n"
+        )
+    load = LoadRun(reactor, config)
     progress: Progress | None = None
     if not options["quiet"]:
         tty = stderr.isatty()
@@ -368,7 +459,7 @@ def run(reactor: Any, options: Options, stdout: IO[str], stderr: IO[str]) -> Any
         reactor.callLater(0, finished.callback, None)
     stdout.write(formatJSON(report) if options["json"] else formatSummary(report))
     stdout.flush()
-    raise SystemExit(EXIT_ERRORS if report.errors else EXIT_OK)
+    raise SystemExit(exitStatus(report))
 
 
 def parseArguments(argv: Sequence[str], stderr: IO[str]) -> Options:
@@ -379,7 +470,7 @@ def parseArguments(argv: Sequence[str], stderr: IO[str]) -> Options:
     try:
         options.parseOptions(list(argv))
     except usage.UsageError as e:
-        stderr.write(f"{PROG}: {e}\nTry '{PROG} --help' for the options.\n")
+        stderr.write(f"{PROG}: {e} (try {PROG} --help)\n")
         raise SystemExit(EXIT_USAGE) from None
     return options
 

@@ -26,12 +26,13 @@ from typing import Any
 
 import attrs
 from twisted.internet import defer, task
-from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.interfaces import IAddress
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IAddress, IHandshakeListener
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from tcpdemo.client.checker import (
     BAD_RESULT,
@@ -42,10 +43,11 @@ from tcpdemo.client.checker import (
     Problem,
     showId,
 )
+from tcpdemo.client.connection import describeSetupFailure
+from tcpdemo.client.endpoint import EndpointError, clientEndpoint, isTLS
 from tcpdemo.client.ids import BLOCK, SUFFIXES, idBlocks, idBytes
 from tcpdemo.client.stats import MAX_MESSAGES, LoadStats, Report, cpuSeconds
-from tcpdemo.frame import HEADER_SIZE, LENGTH, frame
-from tcpdemo.packet import ID_SIZE, SUBMIT, Conn, ConnAck, encode
+from tcpdemo.client.wire import NotAConnAck, connFrame, readConnAck, submitHeader
 
 #: Submits awaiting an ack per connection, unless told otherwise: deep enough
 #: to keep a server busy, bounded so that latency means something.
@@ -68,9 +70,6 @@ _WORDS = (
     ("raven", "salmon", "tiger", "walrus", "falcon", "badger", "otter", "lynx"),
     ("anchor", "beacon", "canyon", "delta", "ember", "fjord", "glacier", "harbor"),
 )
-
-_CONN_ACK_OK = frame(encode(ConnAck()))
-
 
 def codenames(count: int, rng: random.Random) -> list[bytes]:
     """
@@ -108,9 +107,7 @@ class SubmitEncoder:
         if not payloads or BLOCK % len(payloads):
             raise ValueError(f"the number of payloads must divide {BLOCK}")
         cycle = [payloads[k % len(payloads)] for k in range(BLOCK)]
-        self.headers = [
-            LENGTH.pack(HEADER_SIZE + 1 + ID_SIZE + len(p)) + bytes((SUBMIT,)) for p in cycle
-        ]
+        self.headers = [submitHeader(len(p)) for p in cycle]
         #: Suffix, payload and the next Submit's header, by suffix position.
         self.pieces = [SUFFIXES[k] + cycle[k] + self.headers[(k + 1) % BLOCK] for k in range(BLOCK)]
 
@@ -145,6 +142,13 @@ class LoadConfig:
     token: bytes = b""
     drainTimeout: float = 5.0
     connectTimeout: float = 10.0
+    #: A non-zero result is a C{bad_result} error, not just counted.
+    failOnResult: bool = False
+    #: For C{ssl:} and C{tls:}: verify the server's certificate (and name)
+    #: against C{trustRoot} (a PEM file or a directory of C{*.pem}), or
+    #: the description's own CAs, or the platform's.
+    tlsVerify: bool = True
+    trustRoot: str | None = None
 
     def asJSON(self) -> dict[str, Any]:
         return {
@@ -158,6 +162,8 @@ class LoadConfig:
             "payload_size": self.payloadSize,
             "conn": self.conn,
             "drain_timeout_s": self.drainTimeout,
+            "fail_on_result": self.failOnResult,
+            "tls_verify": self.tlsVerify if isTLS(self.endpoint) else None,
         }
 
 
@@ -185,6 +191,7 @@ def describeAddress(address: IAddress | None) -> str:
     return str(getattr(address, "name", "") or "")
 
 
+@implementer(IHandshakeListener)
 class LoadProtocol(Protocol):
     """
     One connection of a run: writes Submits, checks every ack.
@@ -206,7 +213,7 @@ class LoadProtocol(Protocol):
         self.stats: LoadStats = run.stats
         self.encoder = run.encoder
         self.window = run.config.window
-        self.checker = AckChecker()
+        self.checker = AckChecker(failOnResult=run.config.failOnResult)
         #: [send time, Submits in that write still awaiting acks], oldest first.
         self.pending: deque[list[Any]] = deque()
         self.nextId = 1
@@ -217,6 +224,8 @@ class LoadProtocol(Protocol):
         self.closing = False
         self.handshake: defer.Deferred[None] | None = None
         self._handshakeBuffer = b""
+        #: Fires once a TLS connection's handshake is done (see L{LoadRun}).
+        self.secured: defer.Deferred[None] = defer.Deferred()
         self.lost: defer.Deferred[None] = defer.Deferred()
 
     # Connection set-up
@@ -226,36 +235,39 @@ class LoadProtocol(Protocol):
         self.name = f"connection {self.index} ({describeAddress(self.transport.getHost())})"
         self.transport.registerProducer(self, True)
 
+    def handshakeCompleted(self) -> None:
+        if not self.secured.called:
+            self.secured.callback(None)
+
     def sendConn(self, token: bytes) -> defer.Deferred[None]:
         """
         Send a Conn; the result fires once an accepting ConnAck arrived.
         """
         self.handshake = defer.Deferred()
-        self.transport.write(frame(encode(Conn(token))))
+        self.transport.write(connFrame(token))
         return self.handshake
 
     def _handshakeData(self, data: bytes) -> None:
         buffer = self._handshakeBuffer + data
-        if len(buffer) < HEADER_SIZE:
-            self._handshakeBuffer = buffer
-            return
-        (length,) = LENGTH.unpack_from(buffer)
-        if length == len(_CONN_ACK_OK) and len(buffer) < length:
-            self._handshakeBuffer = buffer
-            return
+        try:
+            result, rest = readConnAck(buffer)
+        except NotAConnAck as e:
+            result, rest, why = None, b"", str(e)
+        else:
+            if result is None:
+                self._handshakeBuffer = buffer
+                return
+            why = (
+                f"ConnAck result {result}: the server refused the Conn (check --token-file)"
+            )
+        self._handshakeBuffer = b""
         handshake, self.handshake = self.handshake, None
         assert handshake is not None
-        answer = buffer[: len(_CONN_ACK_OK)]
-        if answer == _CONN_ACK_OK:
-            rest = buffer[len(answer) :]
+        if result == 0:
             handshake.callback(None)
             if rest:
                 self.dataReceived(rest)
             return
-        if answer[:-1] == _CONN_ACK_OK[:-1]:
-            why = f"ConnAck result {answer[-1]}: the server refused the Conn (check --token-file)"
-        else:
-            why = f"expected a ConnAck {_CONN_ACK_OK.hex()}, got {buffer[:32].hex()}"
         handshake.errback(SetupError(f"{self.name}: {why}"))
 
     # Sending
@@ -443,6 +455,8 @@ class LoadProtocol(Protocol):
                     f"{self.name}: closed during the Conn handshake: {reason.getErrorMessage()}"
                 )
             )
+        if self.run.tls and not self.secured.called:
+            self.secured.errback(SetupError(f"{self.name}: {describeSetupFailure(reason)}"))
         self._doneSending()
         self.run.connectionGone(self)
         self.lost.callback(None)
@@ -462,6 +476,7 @@ class LoadRun:
     ) -> None:
         self.reactor = reactor
         self.config = config
+        self.tls = isTLS(config.endpoint)
         self.stats = LoadStats()
         payloads = (
             codenames(CODENAME_POOL, rng or random.Random())
@@ -510,7 +525,16 @@ class LoadRun:
 
     def _connectAll(self) -> defer.Deferred[None]:
         config = self.config
-        endpoint = clientFromString(self.reactor, config.endpoint)
+        try:
+            endpoint = clientEndpoint(
+                self.reactor,
+                config.endpoint,
+                tlsVerify=config.tlsVerify,
+                trustRoot=config.trustRoot,
+            )
+        except EndpointError as e:
+            return defer.fail(SetupError(str(e)))
+        tls = self.tls
         attempts = []
         # The open-loop sender counts for all connections; the others share it.
         count = config.count if config.rate is None else None
@@ -518,6 +542,9 @@ class LoadRun:
             protocol = LoadProtocol(self, index, quota)
             self.protocols.append(protocol)
             d = connectProtocol(endpoint, protocol)
+            if tls:
+                # Connected is not enough: the certificate must pass too.
+                d.addCallback(lambda _, p=protocol: p.secured)
             d.addTimeout(config.connectTimeout, self.reactor)
             attempts.append(d)
         return self._allOrFail(attempts, "could not connect to " + config.endpoint)
@@ -744,7 +771,18 @@ class LoadRun:
             cpuSystem=cpuSystem - stats.cpuStart[1],
             interrupted=self.interrupted,
             maxTickGap=self.maxTickGap,
+            results=self.results(),
         )
+
+    def results(self) -> dict[str, int]:
+        """
+        Acks by result byte over every connection, only those that occurred.
+        """
+        totals = [0] * 256
+        for protocol in self.protocols:
+            for result, n in enumerate(protocol.checker.results):
+                totals[result] += n
+        return {str(result): n for result, n in enumerate(totals) if n}
 
     def _closeAll(self, grace: float = 2.0) -> defer.Deferred[None]:
         """

@@ -133,6 +133,17 @@ class Report:
     cpuSystem: float
     interrupted: bool = False
     maxTickGap: float | None = None
+    #: Acks that answered a Submit, by result byte (as text, for JSON); only
+    #: results that occurred.
+    results: dict[str, int] = attrs.field(factory=dict)
+
+    @property
+    def nonZeroResults(self) -> int:
+        """
+        Acks whose result was not 0: the server's "no", not a wire error
+        (unless --fail-on-result made them C{bad_result} errors too).
+        """
+        return sum(n for result, n in self.results.items() if result != "0")
 
     @property
     def throughput(self) -> float:
@@ -163,6 +174,7 @@ class Report:
             "acked": self.acked,
             "answered": self.answered,
             "unanswered": self.unanswered,
+            "results": self.results,
             "errors": {
                 "total": self.errors,
                 "by_kind": self.errorsByKind,
