@@ -18,10 +18,16 @@ SERVER_MODULES = (
     "prometheus_client",
     "twisted.web",
     "tcpdemo.protocol",
+    "tcpdemo.tap",
     "tcpdemo.service",
     "tcpdemo.metrics",
+    "tcpdemo.aggregation",
+    "tcpdemo.supervisor",
+    "tcpdemo.worker",
     "tcpdemo.workers",
+    "tcpdemo.endpoints",
     "tcpdemo.debug",
+    "tcpdemo.handlers",
 )
 
 
@@ -71,6 +77,6 @@ class ImportIsolationTests(unittest.TestCase):
         """
         The probe would see them: importing the server loads them.
         """
-        modules = loadedBy("import tcpdemo.service")
+        modules = loadedBy("import tcpdemo.tap")
         self.assertIn("prometheus_client", serverModules(modules))
         self.assertIn("tcpdemo.protocol", serverModules(modules))

@@ -14,7 +14,7 @@ fixed rate), checks that every SubmitAck is the right one, and reports
 throughput, latency percentiles, results, errors and its own CPU time.
 See C{docs/client.md}.
 
-Nothing here imports the server (L{tcpdemo.protocol}, L{tcpdemo.service},
+Nothing here imports the server (L{tcpdemo.protocol}, L{tcpdemo.tap},
 L{tcpdemo.metrics}, prometheus_client, twisted.web).
 """
 
