@@ -34,6 +34,7 @@ PROTOCOL_ERROR_REASONS = (
     "unexpected_command",
     "malformed_packet",
     "auth_failed",
+    "memory_budget",
 )
 
 #: The L{ServerMetrics} fields that carry a C{worker} label in a worker

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, HEADER_SIZE, LENGTH, FrameReceiver, frame
+from tcpdemo.lograte import LineBudget
 from tcpdemo.metrics import ReadTally, ServerMetrics
 from tcpdemo.packet import (
     COMMANDS,
@@ -42,6 +43,11 @@ from tcpdemo.packet import (
     encode,
 )
 
+#: The protocol_errors reason of a connection closed because its partial
+#: frame was the largest when partial frames held more than
+#: --max-incoming-memory.
+MEMORY_BUDGET = "memory_budget"
+
 #: Commands only a server sends: a client sending one is refused.
 _SENT_BY_SERVERS = (ConnAck, SubmitAck)
 
@@ -54,8 +60,47 @@ _ACK_SEPARATOR = _ACK_OK_TAIL + _ACK_HEAD
 
 DEFAULT_WRITE_BUFFER_LIMIT = 256 * 1024
 
+#: The default bound on the bytes held in partial frames over all
+#: connections (--max-incoming-memory): 64 frames of the default
+#: --max-frame-length at once.
+DEFAULT_MAX_INCOMING_MEMORY = 64 * 1024 * 1024
+
+#: The most frames of one connection the general path (everything but the
+#: bulk Submit paths, which one read already bounds) handles per reactor
+#: turn: a few milliseconds of Conns, so a flood of them cannot hold the
+#: reactor from the other connections.
+FRAMES_PER_TURN = 256
+
+#: What the direct send (L{TcpDemoServerProtocol._write}) reads of a
+#: C{tcp.Connection}: Twisted's private buffer state and its send method.
+DIRECT_SEND_ATTRIBUTES = (
+    "_tempDataLen",
+    "dataBuffer",
+    "offset",
+    "connected",
+    "disconnecting",
+    "writeSomeData",
+)
+
 #: The most one read takes from a TCP or unix socket: Twisted's default.
 READ_SIZE = 64 * 1024
+
+
+def directSendMissing(transport: object) -> list[str] | None:
+    """
+    Whether L{TcpDemoServerProtocol._write} may send on C{transport} itself:
+    None if it is not a plain TCP or unix connection (TLS, whose wrapper
+    must see every byte, say), else the names in L{DIRECT_SEND_ATTRIBUTES}
+    it lacks -- none on the Twisted versions this project supports.
+    """
+    if not isinstance(transport, tcp.Connection):
+        return None
+    return [name for name in DIRECT_SEND_ATTRIBUTES if not hasattr(transport, name)]
+
+
+#: The two ConnAcks, framed once.
+_CONNACK_OK = frame(encode(ConnAck(RESULT_OK)))
+_CONNACK_ERROR = frame(encode(ConnAck(RESULT_ERROR)))
 
 
 def _acks(ids: list[bytes]) -> bytes:
@@ -219,6 +264,12 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     _linger: IDelayedCall | None = None
     _answered = 0
     _sendsDirectly = False
+    #: Bytes held in the partial frame being gathered, as last counted in
+    #: the factory's budget.
+    _held = 0
+    #: The call that handles the rest of a read on the next turn, if the
+    #: general path stopped at L{FRAMES_PER_TURN} frames.
+    _nextTurnCall: IDelayedCall | None = None
     #: The most one read takes (see L{connectionMade}).
     readSize = READ_SIZE
     #: The shortest run of Submits answered by L{submitRunAcks}.
@@ -230,10 +281,13 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         self._ids = []
         self._out = []
         self._authenticated = factory.authToken is None
+        self.framesPerTurn = factory.framesPerTurn
         transport = self.transport
-        # Plain TCP and unix sockets: see _write.  Not TLS, whose wrapper
-        # must see every byte.
-        self._sendsDirectly = isinstance(transport, tcp.Connection)
+        # Plain TCP and unix sockets: see _write.
+        missing = directSendMissing(transport)
+        self._sendsDirectly = missing == []
+        if missing:
+            factory.directSendUnavailable(transport, missing)
         # The threshold at which the transport calls pauseProducing.  On TCP
         # and unix sockets it is also what each recv() asks for, and a
         # 256 KiB buffer per read costs PyPy several times the system call;
@@ -258,6 +312,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
+        self._cancelNextTurn()
+        self.dropGathered()
         self.factory.connectionClosed(self)
 
     # Receiving
@@ -270,6 +326,17 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             self.factory.tally.bytesReceived += len(data)
             if self.timeOut is not None:
                 self.resetTimeout()
+        if self._gathered is not None:
+            # A long partial frame: add to it, and deliver it if complete.
+            rest = self.gather(data)
+            if rest is None:
+                self.endOfRead()
+                return
+            data = rest
+            if self._isClosing():
+                # The frame it completed closed the connection.
+                self.endOfRead()
+                return
         if self._authenticated and not self.paused:
             # Take the plain Submits off the front in bulk; the frame layer
             # parses whatever is left (a partial frame, anything else).
@@ -318,15 +385,22 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             self.protocolError(error)
 
     def _connReceived(self, conn: Conn) -> None:
+        """
+        Answer a Conn.  Every Conn is answered, the first or not: without
+        a token, ConnAck 0; with one, each Conn's token is checked again,
+        and a wrong one closes the connection even after a right one.  A
+        flood of Conns costs its sender its own turns only (L{FRAMES_PER_TURN}).
+        """
         token = self.factory.authToken
         accepted = token is None or hmac.compare_digest(conn.token, token)
         self._moveIdsToOut()
-        self._out.append(frame(encode(ConnAck(RESULT_OK if accepted else RESULT_ERROR))))
+        self._out.append(_CONNACK_OK if accepted else _CONNACK_ERROR)
         if accepted:
             self._authenticated = True
         else:
             self.factory.metrics.protocol_errors.labels("auth_failed").inc()
-            self.log.warn(
+            self.factory.errorLines.emit(
+                "auth_failed",
                 "closing {peer}: auth_failed: Conn with a wrong token",
                 peer=describePeer(self.transport.getPeer()),
             )
@@ -346,7 +420,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         Count and log C{error} once, send the acks owed so far, then close.
         """
         self.factory.metrics.protocol_errors.labels(error.reason).inc()
-        self.log.warn(
+        self.factory.errorLines.emit(
+            error.reason,
             "closing {peer}: {reason}: {error}",
             peer=describePeer(self.transport.getPeer()),
             reason=error.reason,
@@ -389,9 +464,17 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         Twisted's TCP transport only buffers on write and sends on the next
         reactor iteration, registering for writability and unregistering
         again: two epoll_ctl calls and a loop turn per read, which is most of
-        the cost of a request/response exchange.  When its buffer is empty
-        the bytes are sent right away with its own C{writeSomeData}; what the
-        kernel does not take, or any error, goes through C{write} as usual.
+        the cost of a request/response exchange (upstream: Twisted issue
+        #5303, "Default transport implementation doesn't write out bytes
+        immediately", https://github.com/twisted/twisted/issues/5303, open).
+        When its buffer is empty the bytes are sent right away with its own
+        C{writeSomeData}; what the kernel does not take, or any error, goes
+        through C{write} as usual.
+
+        The emptiness check is what keeps acks in order: bytes Twisted
+        still holds must go before these.  tests/test_fence.py fails without
+        it.  A Twisted without the private state it reads gets plain
+        C{write}s (L{directSendMissing}).
         """
         transport: Any = self.transport  # a tcp.Connection when sending directly
         if not self._sendsDirectly:
@@ -450,12 +533,74 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             self.factory.lingerTimeout, self.transport.abortConnection
         )
 
+    def _isClosing(self) -> bool:
+        # A method, so that type checkers do not assume it unchanged.
+        return self._closing
+
     def _close(self) -> None:
         """
         Stop reading; once the acks owed so far are written, close.
         """
         self._closing = True
         self.paused = True
+        self._cancelNextTurn()
+        # Nothing more is parsed: a partial frame will never be complete.
+        self.dropGathered()
+
+    # The memory budget: the factory counts what partial frames hold.
+
+    def gatheredChanged(self, held: int) -> None:
+        factory = self.factory
+        grown = held - self._held
+        self._held = held
+        factory.gatheredChanged(self, grown)
+
+    def overMemoryBudget(self, total: int) -> None:
+        """
+        Partial frames hold more than --max-incoming-memory and this
+        connection's is the largest: close it, after the acks it is owed.
+        """
+        held = self._held
+        self.factory.metrics.protocol_errors.labels(MEMORY_BUDGET).inc()
+        self.factory.errorLines.emit(
+            MEMORY_BUDGET,
+            "closing {peer}: {reason}: its partial frame of {held} bytes is the "
+            "largest while partial frames hold {total} bytes, above "
+            "--max-incoming-memory {limit}",
+            peer=describePeer(self.transport.getPeer()),
+            reason=MEMORY_BUDGET,
+            held=held,
+            total=total,
+            limit=self.factory.maxIncomingMemory,
+        )
+        self._close()
+        self.endOfRead()
+
+    # Fairness: at most framesPerTurn frames per turn through the general path.
+
+    def turnEnded(self) -> None:
+        """
+        The general path handled its frames for this turn: read nothing
+        more until the rest of what was read is handled, on the next turn.
+        """
+        self.transport.pauseProducing()
+        if self._nextTurnCall is None:
+            self._nextTurnCall = self.factory.reactor.callLater(0, self._nextTurn)
+
+    def _nextTurn(self) -> None:
+        self._nextTurnCall = None
+        if self._closing or self.paused:
+            # Closing: nothing more is handled.  Paused for unsent acks:
+            # resumeProducing carries on from the buffer.
+            return
+        self.dataReceived(b"")
+        if self._nextTurnCall is None and not self.paused and not self._closing:
+            self.transport.resumeProducing()
+
+    def _cancelNextTurn(self) -> None:
+        call, self._nextTurnCall = self._nextTurnCall, None
+        if call is not None and call.active():
+            call.cancel()
 
     # Flow control: the transport calls these as its buffer fills and drains.
 
@@ -487,8 +632,10 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
 
     def timeoutConnection(self) -> None:
         self.factory.metrics.idle_timeouts.inc()
-        self.log.info(
+        self.factory.errorLines.emit(
+            "idle_timeout",
             "closing {peer}: idle for {seconds}s",
+            level="info",
             peer=describePeer(self.transport.getPeer()),
             seconds=self.timeOut,
         )
@@ -501,8 +648,11 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         """
         if self._closing:
             return
+        self._cancelNextTurn()
         self.transport.pauseProducing()
         self.paused = False
+        # Everything already read is answered now, however many frames.
+        self.framesPerTurn = None
         FrameReceiver.dataReceived(self, b"")
         self._close()
         self.endOfRead()
@@ -529,6 +679,9 @@ class TcpDemoServerFactory(_Factory):
     lingerTimeout: float = 5.0
     reactor: Any = attrs.field(default=None)
     refusalLogInterval: float = 10.0
+    #: The bound on the bytes all partial frames hold (--max-incoming-memory).
+    maxIncomingMemory: int = DEFAULT_MAX_INCOMING_MEMORY
+    framesPerTurn: int | None = FRAMES_PER_TURN
 
     protocol = TcpDemoServerProtocol
     noisy = False
@@ -542,6 +695,13 @@ class TcpDemoServerFactory(_Factory):
     tally: ReadTally = attrs.field(init=False)
     _refusedSinceLog: int = attrs.field(default=0, init=False)
     _lastRefusalLog: float | None = attrs.field(default=None, init=False)
+    #: The per-connection error lines, rate-limited (the counters are not).
+    errorLines: LineBudget = attrs.field(init=False)
+    #: Bytes held in partial frames being gathered, over all connections,
+    #: and the connections that hold them.
+    incomingHeld: int = attrs.field(default=0, init=False)
+    _gathering: dict[TcpDemoServerProtocol, None] = attrs.field(factory=dict, init=False)
+    _directSendLogged: bool = attrs.field(default=False, init=False)
 
     def buildProtocol(self, addr: IAddress | None) -> TcpDemoServerProtocol | None:
         if self.maxConnections is not None and len(self.connections) >= self.maxConnections:
@@ -574,6 +734,41 @@ class TcpDemoServerFactory(_Factory):
 
             self.reactor = reactor
         self.tally = ReadTally(self.metrics)
+        # Logged under the protocol's namespace, as they were before.
+        self.errorLines = LineBudget(self.protocol.log, self.reactor)
+
+    def gatheredChanged(self, protocol: TcpDemoServerProtocol, grown: int) -> None:
+        """
+        C{protocol}'s partial frame grew by C{grown} bytes (or shrank): if
+        partial frames now hold more than C{maxIncomingMemory}, close the
+        connections with the largest ones until they do not.
+
+        Closing the largest rather than the newest: a slow client cannot
+        keep the memory from everyone else by arriving first, and clients
+        of small frames are never the ones closed.
+        """
+        self.incomingHeld += grown
+        if protocol._held:
+            self._gathering[protocol] = None
+        else:
+            self._gathering.pop(protocol, None)
+        if grown > 0:
+            while self.incomingHeld > self.maxIncomingMemory and self._gathering:
+                largest = max(self._gathering, key=lambda p: p._held)
+                largest.overMemoryBudget(self.incomingHeld)
+
+    def directSendUnavailable(self, transport: object, missing: list[str]) -> None:
+        """
+        This Twisted's TCP transport lacks what the direct send reads: say
+        so once; acks go through C{transport.write}.
+        """
+        if not self._directSendLogged:
+            self._directSendLogged = True
+            self.log.warn(
+                "{cls} has no {missing}: acks are sent with transport.write",
+                cls=type(transport).__name__,
+                missing=", ".join(missing),
+            )
 
     def startFactory(self) -> None:
         # Listening: counts may wait a moment to be moved in bulk.  Before
@@ -582,6 +777,7 @@ class TcpDemoServerFactory(_Factory):
 
     def stopFactory(self) -> None:
         self.tally.stop()
+        self.errorLines.flush()
 
     def _now(self) -> float:
         return float(self.reactor.seconds())

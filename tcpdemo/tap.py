@@ -20,7 +20,11 @@ from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 from tcpdemo.limits import raiseFileLimit
 from tcpdemo.metrics import ServerMetrics, metricsSite
 from tcpdemo.optiontypes import nonNegativeFloat, positiveInt
-from tcpdemo.protocol import DEFAULT_WRITE_BUFFER_LIMIT, TcpDemoServerFactory
+from tcpdemo.protocol import (
+    DEFAULT_MAX_INCOMING_MEMORY,
+    DEFAULT_WRITE_BUFFER_LIMIT,
+    TcpDemoServerFactory,
+)
 
 DEFAULT_PORT = "tcp:8888"
 DEFAULT_METRICS = "tcp:8889"
@@ -116,6 +120,14 @@ class Options(usage.Options):
             DEFAULT_WRITE_BUFFER_LIMIT,
             "Stop reading from a connection while more than this many bytes of "
             "its acks are unsent.",
+            positiveInt,
+        ],
+        [
+            "max-incoming-memory",
+            None,
+            DEFAULT_MAX_INCOMING_MEMORY,
+            "Bytes all connections' partial frames may hold together; past it, "
+            "the connections with the largest ones are closed (memory_budget).",
             positiveInt,
         ],
         [
@@ -305,6 +317,7 @@ def buildFactory(
         maxConnections=maxConnections,
         idleTimeout=idle,
         writeBufferLimit=options["write-buffer-limit"],
+        maxIncomingMemory=options["max-incoming-memory"],
         authToken=options["auth-token"],
         reactor=reactor,
     )

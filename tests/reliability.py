@@ -113,6 +113,31 @@ def closingLines(text: str) -> dict[str, int]:
     return counts
 
 
+def leftOutLines(text: str) -> dict[str, int]:
+    """
+    How many lines the server's rate limit left out, by kind, from its
+    lines "left out N connection error line(s) in Ss: KIND N, KIND N; ...".
+    """
+    counts: dict[str, int] = {}
+    for match in re.finditer(r"left out \d+ connection error line\(s\) in \S+: (.*?);", text):
+        for part in match.group(1).split(", "):
+            kind, count = part.rsplit(" ", 1)
+            counts[kind] = counts.get(kind, 0) + int(count)
+    return counts
+
+
+def loggedOrLeftOut(text: str) -> dict[str, int]:
+    """
+    Per reason: the "closing" lines logged plus those the rate limit left
+    out -- one per connection closed for bad input.
+    """
+    counts = closingLines(text)
+    for kind, count in leftOutLines(text).items():
+        if kind in counts:
+            counts[kind] += count
+    return counts
+
+
 # Processes, through /proc
 
 
