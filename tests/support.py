@@ -74,11 +74,22 @@ class TwistdServer:
     C{twistd -n tcpdemo} in a subprocess, on free loopback ports.
     """
 
-    def __init__(self, workdir: str, extraArgs: Sequence[str] = (), metrics: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        extraArgs: Sequence[str] = (),
+        metrics: bool = True,
+        twistdScript: str | None = None,
+    ):
+        """
+        C{twistdScript}: a Python file to run instead of twistd, which
+        patches something and then runs twistd (as in tests/test_fence.py).
+        """
         self.port = freePort()
         self.metricsPort = freePort() if metrics else None
         self.logPath = os.path.join(workdir, "twistd.log")
-        args = twistdCommand() + [
+        command = [sys.executable, twistdScript] if twistdScript else twistdCommand()
+        args = command + [
             "-n",
             "--pidfile=",
             "--logfile",
