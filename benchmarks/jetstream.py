@@ -3,7 +3,7 @@ How fast the jetstream handler stores: durable acks per second through a
 1-node and a 3-node (3-replica) JetStream cluster, started here on loopback.
 
     python -m benchmarks.jetstream                       # handler only, both clusters
-    python -m benchmarks.jetstream --twistd --baseline   # twistd under P and V: ack, then both
+    python -m benchmarks.jetstream --twistd --baseline ack sqlite   # twistd under P and V
 
 The handler-only mode drives L{JetStreamHandler} directly with batches
 shaped like what scenario P's reads bring (--batch Submits of --payload
@@ -112,20 +112,27 @@ async def directRun(
 
 
 def twistdRun(
-    cluster: NatsCluster | None, replicas: int, scenario: str, args: argparse.Namespace
+    cluster: NatsCluster | None,
+    replicas: int,
+    scenario: str,
+    args: argparse.Namespace,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """
-    C{twistd -n tcpdemo --handler jetstream:...} under scenario P or V;
-    without a cluster, C{--handler ack}, the reference.
+    C{twistd -n tcpdemo --handler jetstream:...} under scenario P or V; or
+    with C{baseline}, C{--handler ack} or C{sqlite:...}, for reference.
     """
     from benchmarks.bench import SCENARIOS
     from benchmarks.servers import clientCommand
     from tests.support import TwistdServer
 
     workdir = tempfile.mkdtemp(prefix="bench-jetstream-twistd-")
-    if cluster is None:
-        handler = "ack"
+    if baseline is not None:
+        handler = baseline
+        if handler == "sqlite":
+            handler = f"sqlite:{os.path.join(workdir, 'bench.db')}"
     else:
+        assert cluster is not None
         handler = (
             f"jetstream:{cluster.urls}?stream=BENCH{scenario}&subject=bench.{scenario}"
             f"&replicas={replicas}"
@@ -169,16 +176,19 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=250, help="batches outstanding (direct)")
     parser.add_argument("--twistd", action="store_true", help="the real server under P and V")
     parser.add_argument("--scenarios", nargs="+", default=["P", "V"])
-    parser.add_argument("--baseline", action="store_true",
-                        help="with --twistd: --handler ack first, side by side")
+    parser.add_argument("--baseline", nargs="*", default=[], choices=["ack", "sqlite"],
+                        help="with --twistd: these handlers first, side by side")
     args = parser.parse_args()
 
     from twisted.internet import defer, task
 
     async def runAll(reactor: Any) -> None:
-        if args.twistd and args.baseline:
-            for scenario in args.scenarios:
-                print(json.dumps(twistdRun(None, 0, scenario, args)), flush=True)
+        if args.twistd:
+            for baseline in args.baseline:
+                for scenario in args.scenarios:
+                    figures = twistdRun(None, 0, scenario, args, baseline)
+                    figures.update(loadavg_1m=round(os.getloadavg()[0], 2))
+                    print(json.dumps(figures), flush=True)
         for replicas in args.replicas:
             workdir = tempfile.mkdtemp(prefix="bench-jetstream-")
             cluster = NatsCluster(workdir, 3 if replicas > 1 else 1)
