@@ -42,6 +42,19 @@ def natsCpu(cluster: NatsCluster) -> float:
     return sum(cpuSeconds(s.process.pid) for s in cluster.running() if s.process is not None)
 
 
+def streamMessages(cluster: NatsCluster, stream: str) -> int:
+    """
+    How many messages C{stream} holds, from a node's monitoring /jsz.
+    """
+    for server in cluster.running():
+        jsz = server.monitor("/jsz?streams=true&accounts=true")
+        for account in jsz.get("account_details") or []:  # type: ignore[attr-defined]
+            for info in account.get("stream_detail") or []:
+                if info.get("name") == stream:
+                    return int(info["state"]["messages"])
+    return 0
+
+
 async def directRun(
     reactor: Any, cluster: NatsCluster, replicas: int, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -150,7 +163,12 @@ def twistdRun(
         report = json.loads(result.stdout)
         duration = report["duration_s"]
         natsAfter = natsCpu(cluster) if cluster else 0.0
+        extra: dict[str, Any] = {}
+        if cluster is not None:
+            messages = streamMessages(cluster, f"BENCH{scenario}")
+            extra["submits_per_message"] = round(report["acked"] / max(messages, 1), 1)
         return {
+            **extra,
             "handler": handler.split(":")[0],
             "scenario": scenario,
             "acks_per_s": report["throughput_acks_per_s"],
