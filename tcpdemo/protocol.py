@@ -10,7 +10,7 @@ factory's L{ReadTally}, which moves them into the counters in bulk.
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol, cast
 
 import attrs
 from twisted.internet import defer, tcp
@@ -21,6 +21,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tcpdemo import readinto
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, HEADER_SIZE, LENGTH, FrameReceiver, frame
 from tcpdemo.lograte import LineBudget
 from tcpdemo.metrics import ReadTally, ServerMetrics
@@ -42,6 +43,7 @@ from tcpdemo.packet import (
     decode,
     encode,
 )
+from tcpdemo.readinto import installReadInto
 
 #: The protocol_errors reason of a connection closed because its partial
 #: frame was the largest when partial frames held more than
@@ -296,6 +298,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         transport.bufferSize = (
             self.readSize if self._sendsDirectly else factory.writeBufferLimit
         )
+        if self._sendsDirectly and factory.readInto:
+            installReadInto(cast(tcp.Connection, transport), factory.readBuffer)
         transport.registerProducer(self, True)
         factory.connectionOpened(self)
         if factory.idleTimeout is not None:
@@ -682,6 +686,9 @@ class TcpDemoServerFactory(_Factory):
     #: The bound on the bytes all partial frames hold (--max-incoming-memory).
     maxIncomingMemory: int = DEFAULT_MAX_INCOMING_MEMORY
     framesPerTurn: int | None = FRAMES_PER_TURN
+    #: Plain TCP and unix sockets read with recv_into one shared buffer
+    #: (see L{tcpdemo.readinto}): by default on PyPy only.
+    readInto: bool = readinto.DEFAULT
 
     protocol = TcpDemoServerProtocol
     noisy = False
@@ -694,6 +701,8 @@ class TcpDemoServerFactory(_Factory):
     #: The counts of every read, moved into C{metrics} in bulk.
     tally: ReadTally = attrs.field(init=False)
     _refusedSinceLog: int = attrs.field(default=0, init=False)
+    #: What every connection reads into when C{readInto} is set.
+    readBuffer: bytearray = attrs.field(factory=lambda: bytearray(READ_SIZE), init=False)
     _lastRefusalLog: float | None = attrs.field(default=None, init=False)
     #: The per-connection error lines, rate-limited (the counters are not).
     errorLines: LineBudget = attrs.field(init=False)

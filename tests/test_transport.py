@@ -1,24 +1,28 @@
 """
 The product on Twisted's real TCP transport: how much each read asks for,
-and when unsent acks pause reading.  Twisted keeps both in one attribute,
-C{bufferSize}; the product reads at most L{READ_SIZE} at a time whatever
-C{--write-buffer-limit} is, and pauses only past that limit.
+when unsent acks pause reading, and reading into a shared buffer.  Twisted
+keeps the first two in one attribute, C{bufferSize}; the product reads at
+most L{READ_SIZE} at a time whatever C{--write-buffer-limit} is, and pauses
+only past that limit.
 """
 
 from __future__ import annotations
 
+import platform
 import socket
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry
+from twisted.internet import defer, threads
 from twisted.internet import reactor as _reactor
-from twisted.internet import threads
 from twisted.trial.unittest import TestCase
 
+from tcpdemo.frame import HEADER_SIZE
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.protocol import READ_SIZE, TcpDemoServerFactory, TcpDemoServerProtocol
 
-from .support import LOOPBACK, pushUntilBlocked, submitFrame
+from .support import LOOPBACK, ackFrame, pushUntilBlocked, recvUntilClosed, submitFrame
 
 #: The global reactor, typed loosely: it provides many interfaces at once.
 reactor: Any = _reactor
@@ -102,3 +106,81 @@ class ReadSizeTests(TestCase):
         """
         limit = 16 * 1024
         self.check(await self.pushAgainst(limit), limit)
+
+
+def exchange(port: int, frames: bytes, pieces: list[int]) -> bytes:
+    """
+    Send C{frames} in pieces of the given sizes (the rest in one piece),
+    shut down the sending side, and read every ack until the server closes.
+    """
+    sock = socket.create_connection((LOOPBACK, port), timeout=30)
+    try:
+        offset = 0
+        for size in pieces:
+            sock.sendall(frames[offset : offset + size])
+            offset += size
+            time.sleep(0.005)  # separate reads on the server
+        sock.sendall(frames[offset:])
+        sock.shutdown(socket.SHUT_WR)
+        return recvUntilClosed(sock, 30)
+    finally:
+        sock.close()
+
+
+class ReadIntoTests(TestCase):
+    """
+    Reading with recv_into one buffer shared by every connection (the
+    default on PyPy, see L{tcpdemo.readinto}), and with Twisted's recv:
+    the same acks, in order, on several connections at once; a half-close
+    still ends the connection cleanly.
+    """
+
+    async def serve(self, readInto: bool) -> None:
+        factory = TcpDemoServerFactory(
+            metrics=ServerMetrics.create(CollectorRegistry()), readInto=readInto
+        )
+        transports: list[Any] = []
+
+        class Noting(TcpDemoServerProtocol):
+            def connectionMade(self) -> None:
+                super().connectionMade()
+                transports.append(self.transport)
+
+        factory.protocol = Noting
+        port = reactor.listenTCP(0, factory, interface=LOOPBACK)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        # Varied sizes, 3000 Submits (~130 KB: more than one 64 KiB read).
+        counts = (3000, 1000, 2000)
+        frames = [
+            b"".join(submitFrame(i, b"v" * (i % 17)) for i in range(1, count + 1))
+            for count in counts
+        ]
+        splits = [[7, 1, 5, 13], [], [HEADER_SIZE, 65536 + 3]]
+        results = await defer.gatherResults(
+            [
+                threads.deferToThread(exchange, number, data, split)
+                for data, split in zip(frames, splits)
+            ]
+        )
+        for count, acks in zip(counts, results):
+            self.assertEqual(acks, b"".join(ackFrame(i) for i in range(1, count + 1)))
+        self.assertEqual(len(transports), 3)
+        for transport in transports:
+            # Installed on the transport itself, reading into the one buffer.
+            self.assertEqual("doRead" in vars(transport), readInto)
+        await factory.drainAll()
+
+    async def test_readInto(self) -> None:
+        await self.serve(True)
+
+    async def test_recv(self) -> None:
+        await self.serve(False)
+
+    def test_defaultOnPyPyOnly(self) -> None:
+        """
+        CPython's recv shrinks its buffer in place: only PyPy reads into.
+        """
+        factory = TcpDemoServerFactory(metrics=ServerMetrics.create(CollectorRegistry()))
+        self.assertEqual(factory.readInto, platform.python_implementation() == "PyPy")
+        self.assertEqual(len(factory.readBuffer), READ_SIZE)
