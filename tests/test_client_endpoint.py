@@ -176,13 +176,18 @@ class TLSTests(unittest.TestCase):
         or --no-verify runs.
         """
 
-        def load(**kwargs: Any) -> defer.Deferred[Any]:
-            config = LoadConfig(f"ssl:{LOCALHOST}:{self.port}", connections=2, count=50, **kwargs)
+        def load(suffix: str = "", **kwargs: Any) -> defer.Deferred[Any]:
+            endpoint = f"ssl:{LOCALHOST}:{self.port}{suffix}"
+            config = LoadConfig(endpoint, connections=2, count=50, **kwargs)
             result: defer.Deferred[Any] = LoadRun(reactor, config).run()
             return result
 
         error = yield self.assertFailure(load(), SetupError)
         self.assertIn("certificate could not be verified", str(error))
+        error = yield self.assertFailure(
+            load(":hostname=other.test", trustRoot=self.paths["ca"]), SetupError
+        )
+        self.assertIn("not for this host name", str(error))
         report = yield load(trustRoot=self.paths["ca"])
         self.assertEqual((report.acked, report.errors), (50, 0))
         self.assertTrue(report.config["tls_verify"])

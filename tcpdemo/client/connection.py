@@ -108,6 +108,11 @@ class SubmitProtocol(Protocol):
             self._secured()
 
     def handshakeCompleted(self) -> None:
+        if self.transport.disconnecting:
+            # The certificate's name did not verify: Twisted aborts the
+            # connection (connectionLost brings the reason) yet, in some
+            # versions, still reports the handshake as done.
+            return
         if self._awaitingHandshake:
             self._awaitingHandshake = False
             self._secured()

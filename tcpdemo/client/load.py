@@ -236,7 +236,8 @@ class LoadProtocol(Protocol):
         self.transport.registerProducer(self, True)
 
     def handshakeCompleted(self) -> None:
-        if not self.secured.called:
+        # Aborted for a name that did not verify: connectionLost says why.
+        if not self.secured.called and not self.transport.disconnecting:
             self.secured.callback(None)
 
     def sendConn(self, token: bytes) -> defer.Deferred[None]:
