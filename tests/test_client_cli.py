@@ -54,6 +54,33 @@ class OptionsTests(unittest.TestCase):
         self.assertRaises(usage.UsageError, self.parse, "--rate", "10", "--window", "1")
         self.assertRaises(usage.UsageError, self.parse, "--connections", "0")
 
+    def test_tlsOptions(self) -> None:
+        """
+        --no-verify and --ca-file go with TLS endpoints only, not together;
+        an unreadable CA file is a usage error; both reach the config.
+        """
+        self.assertRaises(usage.UsageError, self.parse, "--no-verify")
+        self.assertRaises(usage.UsageError, self.parse, "--ca-file", __file__)
+        self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            "--port",
+            "ssl:127.0.0.1:1",
+            "--no-verify",
+            "--ca-file",
+            __file__,
+        )
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--port", "ssl:127.0.0.1:1", "--ca-file", "/nonexistent"
+        )
+        self.assertIn("cannot read CA certificates from /nonexistent", str(error))
+        config = self.parse("--port", "tls:127.0.0.1:1", "--no-verify").config()
+        self.assertEqual((config.tlsVerify, config.trustRoot), (False, None))
+        self.assertIs(config.asJSON()["tls_verify"], False)
+        config = self.parse("--fail-on-result").config()
+        self.assertEqual((config.tlsVerify, config.failOnResult), (True, True))
+        self.assertIsNone(config.asJSON()["tls_verify"])
+
     def test_tokenFile(self) -> None:
         path = self.mktemp()
         with open(path, "wb") as f:
