@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, TypeVar
 
 import attrs
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
@@ -59,6 +59,16 @@ FLUSH_DELAY = 0.1
 
 _M = TypeVar("_M", Counter, Gauge)
 
+#: Result bytes whose C{tcpdemo_acks_total} series exist from the start:
+#: 0 ok, 1 handler error, 2 timeout (a handler's own codes appear when used).
+PRECREATED_RESULTS = (0, 1, 2)
+
+#: Buckets of C{tcpdemo_handler_batch_seconds}: from a fast in-memory
+#: handler (well under a millisecond) to a store near --handler-timeout.
+HANDLER_BATCH_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
 
 @attrs.define
 class ServerMetrics:
@@ -79,6 +89,22 @@ class ServerMetrics:
     bytes_sent: Counter
     backpressure_pauses: Counter
     idle_timeouts: Counter
+    acks: Counter
+    handler_batch_seconds: Histogram
+    handler_pending: Gauge
+    handler_errors: Counter
+    handler_timeouts: Counter
+    #: C{acks} by result byte, each label bound once (see L{acksFor}).
+    _acksByResult: dict[int, Counter] = attrs.field(factory=dict)
+
+    def acksFor(self, result: int) -> Counter:
+        """
+        The C{tcpdemo_acks_total} child for C{result} (0-255: at most 256).
+        """
+        child = self._acksByResult.get(result)
+        if child is None:
+            child = self._acksByResult[result] = self.acks.labels(str(result))
+        return child
 
     @classmethod
     def create(
@@ -106,6 +132,15 @@ class ServerMetrics:
         )
         for reason in PROTOCOL_ERROR_REASONS:
             protocol_errors.labels(reason)
+        acks = Counter(
+            "tcpdemo_acks",
+            "SubmitAcks sent, by result byte (0 ok, 1 handler error, 2 timeout, "
+            "3-255 the handler's own).",
+            ["result"],
+            registry=r,
+        )
+        for result in PRECREATED_RESULTS:
+            acks.labels(str(result))
         return cls(
             registry=r,
             client_connected=bound(
@@ -164,6 +199,29 @@ class ServerMetrics:
                 "Connections closed by the idle timeout.",
                 registry=r,
             ),
+            acks=acks,
+            handler_batch_seconds=Histogram(
+                "tcpdemo_handler_batch_seconds",
+                "Seconds from handing a batch of Submits to the handler to its results.",
+                buckets=HANDLER_BATCH_BUCKETS,
+                registry=r,
+            ),
+            handler_pending=Gauge(
+                "tcpdemo_handler_pending",
+                "Submits handed to or waiting for the handler, not yet acked.",
+                registry=r,
+                multiprocess_mode="livesum",
+            ),
+            handler_errors=Counter(
+                "tcpdemo_handler_errors",
+                "Batches whose handler raised, failed or gave bad results (result 1).",
+                registry=r,
+            ),
+            handler_timeouts=Counter(
+                "tcpdemo_handler_timeouts",
+                "Batches that took longer than --handler-timeout (result 2).",
+                registry=r,
+            ),
         )
 
 
@@ -181,13 +239,28 @@ class ReadTally:
     /metrics); before L{start} and after L{stop} it moves them at once.
     """
 
-    __slots__ = ("metrics", "bytesReceived", "bytesSent", "answered", "_callLater", "_due")
+    __slots__ = (
+        "metrics",
+        "bytesReceived",
+        "bytesSent",
+        "answered",
+        "received",
+        "acked",
+        "_callLater",
+        "_due",
+    )
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self.metrics = metrics
         self.bytesReceived = 0
         self.bytesSent = 0
+        #: Submits received and acked with result 0 in the same read (the
+        #: built-in C{ack} handler's fast path).
         self.answered = 0
+        #: Submits received for a handler (acked later, see C{acked}).
+        self.received = 0
+        #: SubmitAcks sent after a handler's results, by result byte.
+        self.acked: dict[int, int] = {}
         self._callLater: Callable[..., Any] | None = None
         self._due: Any = None
 
@@ -235,7 +308,16 @@ class ReadTally:
         if self.answered:
             metrics.req_recv.inc(self.answered)
             metrics.rsp_send.inc(self.answered)
+            metrics.acksFor(0).inc(self.answered)
             self.answered = 0
+        if self.received:
+            metrics.req_recv.inc(self.received)
+            self.received = 0
+        if self.acked:
+            acked, self.acked = self.acked, {}
+            for result, count in acked.items():
+                metrics.rsp_send.inc(count)
+                metrics.acksFor(result).inc(count)
 
 
 class _BeforeRender(Resource):

@@ -17,9 +17,18 @@ from twisted.python import usage
 
 from tcpdemo.endpoints import ListenerService, withBacklog
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
+from tcpdemo.handlers import HandlerArgumentError, ISubmitHandler, findMaker
+from tcpdemo.handlers.ack import AckHandler
 from tcpdemo.limits import raiseFileLimit
 from tcpdemo.metrics import ServerMetrics, metricsSite
 from tcpdemo.optiontypes import nonNegativeFloat, positiveInt
+from tcpdemo.pending import (
+    DEFAULT_HANDLER_TIMEOUT,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_PENDING_TOTAL,
+    HandlerRunner,
+    HandlerServerFactory,
+)
 from tcpdemo.protocol import (
     DEFAULT_MAX_INCOMING_MEMORY,
     DEFAULT_WRITE_BUFFER_LIMIT,
@@ -171,6 +180,38 @@ class Options(usage.Options):
             "of connects may go mostly to one worker.",
             _workerSockets,
         ],
+        [
+            "handler",
+            None,
+            "ack",
+            "NAME[:ARG]: the handler that decides each Submit's result: 'ack' "
+            "(acknowledge, store nothing), 'sqlite:PATH' (store durably, ack once "
+            "committed), or a plugin's name (docs/handlers.md).",
+        ],
+        [
+            "handler-timeout",
+            None,
+            DEFAULT_HANDLER_TIMEOUT,
+            "Seconds a batch may take in the handler before its Submits get "
+            "result 2 (0: no limit).",
+            nonNegativeFloat,
+        ],
+        [
+            "max-pending",
+            None,
+            DEFAULT_MAX_PENDING,
+            "Stop reading a connection while this many of its Submits wait for "
+            "the handler (not yet acked); read again below it.",
+            positiveInt,
+        ],
+        [
+            "max-pending-total",
+            None,
+            DEFAULT_MAX_PENDING_TOTAL,
+            "Stop reading any connection while this many Submits of the whole "
+            "process wait for the handler; read again below it.",
+            positiveInt,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -194,6 +235,17 @@ class Options(usage.Options):
             if not token:
                 raise usage.UsageError(f"--auth-token-file: {path} is empty")
             self["auth-token"] = token
+        try:
+            maker, argument = findMaker(self["handler"])
+        except HandlerArgumentError as e:
+            raise usage.UsageError(f"--handler: {e}") from e
+        self["handler-maker"] = maker
+        self["handler-argument"] = argument
+        if self["workers"] > 1 and getattr(maker, "singleProcess", False):
+            raise usage.UsageError(
+                f"--handler {maker.name} keeps one writer per store: use it with "
+                f"--workers 1, not {self['workers']}"
+            )
         if self["workers"] > 1:
             kind = self["port"].split(":", 1)[0].lower()
             if kind not in WORKER_ENDPOINT_TYPES:
@@ -232,6 +284,7 @@ class TcpDemoService(MultiService):
         self.gracePeriod = gracePeriod
         #: After a stop: whether every owed ack was delivered in time.
         self.drainedCleanly: bool | None = None
+        self._handlerStarted = False
         if listener is None:
             if port is None:
                 raise ValueError("a port or a listener is needed")
@@ -258,16 +311,69 @@ class TcpDemoService(MultiService):
             )
             self.debugListener.setServiceParent(self)
 
+    @property
+    def handlerRunner(self) -> HandlerRunner | None:
+        """
+        The runner of a handler other than the built-in C{ack}, if any.
+        """
+        factory = self.factory
+        return factory.runner if isinstance(factory, HandlerServerFactory) else None
+
+    def privilegedStartService(self) -> None:
+        # The handler starts before anything listens; if it cannot, start-up
+        # ends with one line (twistd prints a SystemExit's message and exits 1).
+        self._startHandler()
+        MultiService.privilegedStartService(self)
+
+    def startService(self) -> None:
+        self._startHandler()
+        MultiService.startService(self)
+
+    def _startHandler(self) -> None:
+        runner = self.handlerRunner
+        if runner is None or self._handlerStarted:
+            return
+        name = getattr(self.factory, "handlerName", "handler")
+        outcome: list[Any] = []
+        try:
+            defer.maybeDeferred(runner.handler.startHandler).addBoth(outcome.append)
+        except BaseException as e:  # maybeDeferred catches; be sure anyway
+            outcome.append(Failure(e))
+        if not outcome:
+            raise SystemExit(
+                f"tcpdemo: --handler {name}: startHandler must finish before the "
+                "reactor runs (return None or a fired Deferred)"
+            )
+        if isinstance(outcome[0], Failure):
+            failure = outcome[0]
+            message = (
+                f"tcpdemo: --handler {name} failed to start: "
+                f"{failure.type.__name__ if failure.type else 'error'}: "
+                f"{failure.getErrorMessage()}"
+            )
+            raise SystemExit(message)
+        self._handlerStarted = True
+        self.log.info("handler {name} started", name=name)
+
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        # Stop accepting first, then answer what was received, then close.
+        # Stop accepting first, then answer what was received (the handler's
+        # work included), then close, then stop the handler.
         yield self.server.stopService()
+        runner = self.handlerRunner
         drained = self.factory.drainAll()
+        if runner is not None:
+            # Batches of connections that closed meanwhile are waited for too.
+            drained = defer.gatherResults([drained, runner.whenIdle()]).addCallback(
+                lambda _: None
+            )
         timedOut = []
 
         def tooSlow() -> None:
             timedOut.append(True)
             self.factory.abortAll()
+            if runner is not None:
+                runner.giveUp()
 
         timer = self.reactor.callLater(self.gracePeriod, tooSlow)
         yield drained
@@ -279,7 +385,14 @@ class TcpDemoService(MultiService):
                 "grace period of {seconds}s ran out: closed remaining connections hard",
                 seconds=self.gracePeriod,
             )
-        else:
+        if runner is not None and self._handlerStarted:
+            self._handlerStarted = False
+            try:
+                yield runner.handler.stopHandler()
+            except Exception:
+                self.drainedCleanly = False
+                self.log.failure("the handler's stopHandler failed")
+        if self.drainedCleanly:
             # twistd re-raises the stopping signal at exit, so a clean,
             # complete stop would report "killed by SIGTERM"; every owed ack
             # was delivered, so let it exit 0.  A forced stop keeps the
@@ -289,15 +402,31 @@ class TcpDemoService(MultiService):
         yield MultiService.stopService(self)
 
 
+def makeHandler(options: Options, reactor: Any) -> ISubmitHandler:
+    """
+    The handler C{--handler} names, made by its plugin; a bad ARG ends
+    start-up with one line.
+    """
+    maker = options["handler-maker"]
+    try:
+        handler: ISubmitHandler = maker.makeHandler(options["handler-argument"], reactor)
+    except HandlerArgumentError as e:
+        raise SystemExit(f"tcpdemo: --handler {options['handler']}: {e}") from None
+    return handler
+
+
 def buildFactory(
     options: Options,
     reactor: Any,
     registry: CollectorRegistry,
     worker: str | None = None,
+    handler: ISubmitHandler | None = None,
 ) -> TcpDemoServerFactory:
     """
     The protocol factory and its metrics, from parsed options; C{worker} is
-    the worker number in a C{--workers} worker process.
+    the worker number in a C{--workers} worker process.  C{handler}, by
+    default the one C{--handler} names, gets the Submits; the built-in
+    C{ack} handler keeps the protocol's own fast path.
     """
     metrics = ServerMetrics.create(registry, worker=worker)
     maxConnections = options["max-connections"] or None
@@ -311,7 +440,7 @@ def buildFactory(
         multiprocess_mode="livesum",
     ).set(maxConnections or 0)
     idle = options["idle-timeout"] or None
-    return TcpDemoServerFactory(
+    settings: dict[str, Any] = dict(
         metrics=metrics,
         maxFrameLength=options["max-frame-length"],
         maxConnections=maxConnections,
@@ -321,12 +450,25 @@ def buildFactory(
         authToken=options["auth-token"],
         reactor=reactor,
     )
+    if handler is None:
+        handler = makeHandler(options, reactor)
+    if isinstance(handler, AckHandler):
+        return TcpDemoServerFactory(**settings)
+    return HandlerServerFactory(
+        **settings,
+        handler=handler,
+        handlerName=options["handler"],
+        handlerTimeout=options["handler-timeout"] or None,
+        maxPending=options["max-pending"],
+        maxPendingTotal=options["max-pending-total"],
+    )
 
 
 def makeService(
     options: Options,
     reactor: Any = None,
     registry: CollectorRegistry | None = None,
+    handler: ISubmitHandler | None = None,
 ) -> TcpDemoService | MultiService:
     """
     Build the server from parsed options.  The default registry is
@@ -345,7 +487,7 @@ def makeService(
         return WorkerSupervisor(reactor, options, registry)
     if registry is None:
         registry = REGISTRY
-    factory = buildFactory(options, reactor, registry)
+    factory = buildFactory(options, reactor, registry, handler=handler)
     return TcpDemoService(
         reactor,
         factory,

@@ -47,14 +47,16 @@ def ackFrame(number: int, result: int = 0) -> bytes:
     return frame(encode(SubmitAck(b"%08d" % number, result)))
 
 
-def subprocessEnv() -> dict[str, str]:
+def subprocessEnv(extraPath: Sequence[str] = ()) -> dict[str, str]:
     """
     The environment for child processes: this checkout first on the path, so
-    that they run the code under test and find its twistd plugin.
+    that they run the code under test and find its twistd plugin; then
+    C{extraPath} (test plugins, say).
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        [REPO_ROOT, *extraPath]
+        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
     return env
 
@@ -80,10 +82,13 @@ class TwistdServer:
         extraArgs: Sequence[str] = (),
         metrics: bool = True,
         twistdScript: str | None = None,
+        extraPath: Sequence[str] = (),
     ):
         """
         C{twistdScript}: a Python file to run instead of twistd, which
         patches something and then runs twistd (as in tests/test_fence.py).
+        C{extraPath}: more directories for the child's C{PYTHONPATH} (test
+        plugins, say).
         """
         self.port = freePort()
         self.metricsPort = freePort() if metrics else None
@@ -104,7 +109,7 @@ class TwistdServer:
         self.process = subprocess.Popen(
             args,
             cwd=workdir,
-            env=subprocessEnv(),
+            env=subprocessEnv(extraPath),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

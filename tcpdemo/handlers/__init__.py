@@ -48,6 +48,23 @@ FIRST_APPLICATION_RESULT = 3
 Results = Sequence[int]
 HandleResult = Union[Results, "Deferred[Results]"]
 
+__all__ = [
+    "FIRST_APPLICATION_RESULT",
+    "RESULT_HANDLER_ERROR",
+    "RESULT_OK",
+    "RESULT_TIMEOUT",
+    "HandleResult",
+    "HandlerArgumentError",
+    "IHandlerMaker",
+    "IStoreReader",
+    "ISubmitHandler",
+    "Results",
+    "SubmitBatch",
+    "findMaker",
+    "handlerMakers",
+    "splitSpec",
+]
+
 _ID_START = HEADER_SIZE + 1
 _unpackLength = LENGTH.unpack_from
 

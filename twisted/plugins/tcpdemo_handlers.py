@@ -15,6 +15,38 @@ from zope.interface import implementer
 from tcpdemo.handlers import IHandlerMaker, IStoreReader, ISubmitHandler
 
 
+@implementer(IPlugin, IHandlerMaker)
+class AckMaker:
+    name = "ack"
+    description = "Acknowledge every Submit with result 0, storing nothing (the default)."
+
+    def makeHandler(self, argument: str | None, reactor: Any) -> ISubmitHandler:
+        from tcpdemo.handlers.ack import makeAckHandler
+
+        return makeAckHandler(argument, reactor)
+
+
+@implementer(IPlugin, IHandlerMaker, IStoreReader)
+class SqliteMaker:
+    name = "sqlite"
+    description = (
+        "sqlite:PATH -- store every Submit in an SQLite file (WAL, synchronous=FULL) "
+        "and ack it once committed."
+    )
+    #: One writer per file: refused with --workers N > 1.
+    singleProcess = True
+
+    def makeHandler(self, argument: str | None, reactor: Any) -> ISubmitHandler:
+        from tcpdemo.handlers.sqlite import makeSqliteHandler
+
+        return makeSqliteHandler(argument, reactor)
+
+    def readStored(self, argument: str | None) -> Iterable[dict[str, Any]]:
+        from tcpdemo.handlers.sqlite import readStored
+
+        return readStored(argument)
+
+
 @implementer(IPlugin, IHandlerMaker, IStoreReader)
 class JetStreamMaker:
     name = "jetstream"
@@ -35,4 +67,6 @@ class JetStreamMaker:
         return readStored(argument)
 
 
+ack = AckMaker()
+sqlite = SqliteMaker()
 jetstream = JetStreamMaker()

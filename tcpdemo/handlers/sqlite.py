@@ -1,0 +1,254 @@
+"""
+C{--handler sqlite:PATH}: the embedded durable store.
+
+Every Submit is inserted into the table C{submits} of the SQLite file PATH
+(journal_mode=WAL, synchronous=FULL: a commit has reached the disk when it
+returns), and acked with result 0 only once its commit has returned.
+
+Commits run in one writer thread, never in the reactor: batches handed over
+while a commit runs -- from every connection -- wait in one queue and go
+into the next transaction together (group commit), so one fsync serves as
+many Submits as arrived meanwhile, and the rows go in with one
+C{executemany}.  A commit that fails (disk full, I/O error, a locked or
+corrupt file) gives its batches result 1; the server keeps serving.
+
+Schema (docs/handlers.md, "The sqlite store")::
+
+    CREATE TABLE submits (
+        seq      INTEGER PRIMARY KEY,  -- arrival order (the rowid)
+        id       BLOB NOT NULL,        -- the Submit's 8-byte id
+        payload  BLOB NOT NULL,        -- its payload, as received
+        received REAL NOT NULL,        -- when the server read it (epoch s)
+        peer     TEXT NOT NULL,        -- the client, host:port
+        conn     INTEGER NOT NULL      -- the connection's number in its server process
+    )
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from tcpdemo.frame import HEADER_SIZE, LENGTH
+from tcpdemo.handlers import HandlerArgumentError, ISubmitHandler, Results, SubmitBatch
+from tcpdemo.packet import ID_SIZE
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS submits (
+    seq      INTEGER PRIMARY KEY,
+    id       BLOB NOT NULL,
+    payload  BLOB NOT NULL,
+    received REAL NOT NULL,
+    peer     TEXT NOT NULL,
+    conn     INTEGER NOT NULL
+)
+"""
+
+_INSERT = "INSERT INTO submits (id, payload, received, peer, conn) VALUES (?, ?, ?, ?, ?)"
+
+#: Seconds a commit waits for a lock held by another process (a reader
+#: checkpointing, say) before it fails with "database is locked".
+BUSY_TIMEOUT = 10.0
+
+_ID_START = HEADER_SIZE + 1
+_unpackLength = LENGTH.unpack_from
+
+
+def openStore(path: str) -> sqlite3.Connection:
+    """
+    Open (creating if need be) the store at C{path} for writing.
+    """
+    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+    try:
+        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot use WAL mode (journal_mode is {mode})")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute(SCHEMA)
+        db.commit()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def rows(batch: SubmitBatch) -> list[tuple[bytes, bytes, float, str, int]]:
+    """
+    The rows of C{batch}, one per Submit, in order.
+    """
+    data = batch.frames
+    received = batch.received
+    peer = batch.peer
+    connection = batch.connection
+    result: list[tuple[bytes, bytes, float, str, int]] = []
+    append = result.append
+    offset = 0
+    size = len(data)
+    while offset < size:
+        (length,) = _unpackLength(data, offset)
+        start = offset + _ID_START
+        end = start + ID_SIZE
+        offset += length
+        append((data[start:end], data[end:offset], received, peer, connection))
+    return result
+
+
+@implementer(ISubmitHandler)
+class SqliteHandler:
+    """
+    Stores each batch, acking it once its (group) commit has returned.
+    """
+
+    def __init__(self, path: str, reactor: Any) -> None:
+        self.path = path
+        self.reactor = reactor
+        self._db: sqlite3.Connection | None = None
+        self._condition = threading.Condition()
+        self._queue: list[tuple[SubmitBatch, Deferred[Results]]] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred[None] | None = None
+        #: Commits made and rows stored, for tests and curiosity.
+        self.commits = 0
+        self.stored = 0
+
+    def startHandler(self) -> None:
+        self._db = openStore(self.path)
+        self._stopped = Deferred()
+        self._thread = threading.Thread(
+            target=self._writer, name="tcpdemo-sqlite-writer", daemon=True
+        )
+        self._thread.start()
+
+    def handle(self, batch: SubmitBatch) -> Deferred[Results]:
+        d: Deferred[Results] = Deferred()
+        with self._condition:
+            if self._stopping:
+                raise RuntimeError("the sqlite store is stopping")
+            self._queue.append((batch, d))
+            self._condition.notify()
+        return d
+
+    def stopHandler(self) -> Deferred[None] | None:
+        """
+        Commit what is queued, then close the file.
+        """
+        with self._condition:
+            self._stopping = True
+            self._condition.notify()
+        return self._stopped
+
+    # The writer thread
+
+    def _writer(self) -> None:
+        db = self._db
+        assert db is not None
+        condition = self._condition
+        try:
+            while True:
+                with condition:
+                    while not self._queue and not self._stopping:
+                        condition.wait()
+                    work, self._queue = self._queue, []
+                if not work:
+                    break
+                self._commit(db, work)
+        finally:
+            db.close()
+            stopped = self._stopped
+            if stopped is not None:
+                self.reactor.callFromThread(stopped.callback, None)
+
+    def _commit(
+        self, db: sqlite3.Connection, work: list[tuple[SubmitBatch, Deferred[Results]]]
+    ) -> None:
+        error: BaseException | None = None
+        try:
+            if len(work) == 1:
+                allRows = rows(work[0][0])
+            else:
+                allRows = []
+                for batch, _ in work:
+                    allRows.extend(rows(batch))
+            db.executemany(_INSERT, allRows)
+            db.commit()
+            self.commits += 1
+            self.stored += len(allRows)
+        except Exception as e:
+            error = e
+            try:
+                db.rollback()
+            except Exception:
+                pass
+        self.reactor.callFromThread(_deliver, work, error)
+
+
+def _deliver(
+    work: list[tuple[SubmitBatch, Deferred[Results]]], error: BaseException | None
+) -> None:
+    """
+    In the reactor: give each batch its results (a batch cancelled by the
+    server's timeout has had its answer already).
+    """
+    for batch, d in work:
+        if d.called:
+            continue
+        if error is None:
+            d.callback(bytes(batch.count))
+        else:
+            d.errback(Failure(error))
+
+
+def _path(argument: str | None) -> str:
+    if not argument:
+        raise HandlerArgumentError("sqlite needs a file: sqlite:PATH")
+    return argument
+
+
+def makeSqliteHandler(argument: str | None, reactor: Any) -> SqliteHandler:
+    """
+    C{--handler sqlite:PATH}.
+    """
+    return SqliteHandler(_path(argument), reactor)
+
+
+def readStored(argument: str | None) -> Iterator[dict[str, Any]]:
+    """
+    Every stored Submit, oldest first (C{tcpdemo-dump sqlite:PATH}).  The
+    store is opened read-only and checked before the first one is returned.
+    """
+    path = _path(argument)
+    if not os.path.isfile(path):
+        raise HandlerArgumentError(f"no such file: {path}")
+    try:
+        db = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=ro", uri=True)
+        db.execute("SELECT 1 FROM submits LIMIT 1").fetchall()
+    except sqlite3.Error as e:
+        raise HandlerArgumentError(f"{path}: not a tcpdemo sqlite store ({e})") from e
+    return _read(db)
+
+
+def _read(db: sqlite3.Connection) -> Iterator[dict[str, Any]]:
+    try:
+        cursor = db.execute(
+            "SELECT seq, id, payload, received, peer, conn FROM submits ORDER BY seq"
+        )
+        for seq, submitId, payload, received, peer, connection in cursor:
+            yield {
+                "id": bytes(submitId).hex(),
+                "payload": bytes(payload).hex(),
+                "received": received,
+                "peer": peer,
+                "conn": connection,
+                "seq": seq,
+            }
+    finally:
+        db.close()

@@ -1,0 +1,592 @@
+"""
+The server path for every handler but the built-in C{ack}: Submits go to an
+L{ISubmitHandler} in batches, and each SubmitAck carries its result.
+
+The C{ack} handler keeps L{tcpdemo.protocol}'s fast paths untouched: this
+module is a subclass of its protocol and factory, picked by
+L{tcpdemo.service.buildFactory} only when another handler is chosen.
+
+Each read's well-formed Submits of one connection become one
+L{SubmitBatch}.  A connection keeps a FIFO of L{PendingBatch} entries --
+batches at the handler, batches answered, ConnAcks -- and writes the
+answered prefix of it, so acks leave in the order the Submits came however
+batches finish.  Submits not yet acked are bounded per connection
+(C{--max-pending}) and per process (C{--max-pending-total}): past either
+bound the connection stops reading until it is below again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from tcpdemo.frame import FrameReceiver, frame
+from tcpdemo.handlers import (
+    RESULT_HANDLER_ERROR,
+    RESULT_TIMEOUT,
+    ISubmitHandler,
+    SubmitBatch,
+)
+from tcpdemo.metrics import ServerMetrics
+from tcpdemo.packet import ID_SIZE, SUBMIT, SubmitAck, encode
+from tcpdemo.protocol import (
+    TcpDemoServerFactory,
+    TcpDemoServerProtocol,
+    describePeer,
+    scanSubmits,
+)
+
+#: Seconds a batch may take before its Submits get result 2.  Long enough
+#: for any healthy store (an fsync under load is milliseconds), short
+#: enough that a client of a hung backend hears about it.
+DEFAULT_HANDLER_TIMEOUT = 30.0
+#: Submits of one connection not yet acked before it stops reading: a few
+#: reads of a pipelining client (a 64 KiB read holds ~3,000 small Submits),
+#: enough to keep a group-committing store busy.
+DEFAULT_MAX_PENDING = 10_000
+#: Submits of the whole process not yet acked before every connection that
+#: reads stops reading: with ~100-byte Submits about 10 MB held, and room for
+#: group commits of tens of thousands.  Lower it for large payloads.
+DEFAULT_MAX_PENDING_TOTAL = 100_000
+#: At most one log line per this many seconds about handler errors and
+#: timeouts, counting those left out.
+PROBLEM_LOG_INTERVAL = 10.0
+
+_ACK_HEAD = frame(encode(SubmitAck(b"\0" * ID_SIZE)))[: -ID_SIZE - 1]
+
+
+def encodeAcks(ids: list[bytes], results: bytes) -> bytes:
+    """
+    One SubmitAck per id, back to back, with the result of the same index.
+    """
+    first = results[0]
+    if results.count(first) == len(results):
+        tail = bytes((first,))
+        return _ACK_HEAD + (tail + _ACK_HEAD).join(ids) + tail
+    return b"".join([_ACK_HEAD + i + bytes((r,)) for i, r in zip(ids, results)])
+
+
+class BadResults(Exception):
+    """
+    A handler returned something other than one result (0-255) per Submit.
+    """
+
+
+def checkResults(results: object, count: int) -> bytes:
+    """
+    C{results} as bytes, or L{BadResults} saying what is wrong with them.
+    """
+    if isinstance(results, (bytes, bytearray)):
+        data = bytes(results)
+    elif isinstance(results, int) or results is None or isinstance(results, str):
+        raise BadResults(f"handler returned {type(results).__name__}, not a sequence")
+    else:
+        try:
+            data = bytes(results)  # type: ignore[call-overload]
+        except (TypeError, ValueError) as e:
+            raise BadResults(f"handler returned bad results: {e}") from e
+    if len(data) != count:
+        raise BadResults(f"handler returned {len(data)} results for {count} Submits")
+    return data
+
+
+class PendingBatch:
+    """
+    One place in a connection's ack order: a batch at the handler (C{acks}
+    is None until it answers) or bytes ready to send (ConnAcks: C{count} 0).
+    """
+
+    __slots__ = (
+        "protocol",
+        "ids",
+        "count",
+        "acks",
+        "results",
+        "started",
+        "timer",
+        "deferred",
+        "orphaned",
+    )
+
+    def __init__(self, protocol: HandlerServerProtocol | None, ids: list[bytes]) -> None:
+        self.protocol = protocol
+        self.ids = ids
+        self.count = len(ids)
+        self.acks: bytes | None = None
+        self.results = b""
+        self.started = 0.0
+        self.timer: Any = None
+        self.deferred: Deferred[Any] | None = None
+        #: Its connection closed: nobody will send its acks.
+        self.orphaned = False
+
+    @classmethod
+    def ready(cls, data: bytes) -> PendingBatch:
+        entry = cls(None, [])
+        entry.acks = data
+        return entry
+
+    @property
+    def finished(self) -> bool:
+        return self.acks is not None
+
+
+class HandlerRunner:
+    """
+    Hands batches to the handler and gives each its results: the handler's,
+    1 if it raised, failed or answered wrongly, 2 after C{timeout} seconds
+    (late results are then ignored).  Counts the Submits not yet acked
+    process-wide (L{waiting}) and resumes the connections it held.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        handler: ISubmitHandler,
+        metrics: ServerMetrics,
+        reactor: Any,
+        timeout: float | None = DEFAULT_HANDLER_TIMEOUT,
+        maxPending: int = DEFAULT_MAX_PENDING,
+        maxPendingTotal: int = DEFAULT_MAX_PENDING_TOTAL,
+        problemLogInterval: float = PROBLEM_LOG_INTERVAL,
+    ) -> None:
+        self.handler = handler
+        self.metrics = metrics
+        self.reactor = reactor
+        self.timeout = timeout or None
+        self.maxPending = maxPending
+        self.maxPendingTotal = maxPendingTotal
+        self.problemLogInterval = problemLogInterval
+        #: Submits handed to the handler and not yet acked (or dropped with
+        #: their connection), process-wide.
+        self.waiting = 0
+        #: Batches handed to the handler and not yet answered.
+        self.outstanding = 0
+        self.heldForTotal: dict[HandlerServerProtocol, None] = {}
+        self._idleWaiters: list[Deferred[None]] = []
+        self._errors = 0
+        self._timeouts = 0
+        self._latest = ""
+        self._lastLog: float | None = None
+        self._logCall: Any = None
+
+    # Handing over
+
+    def hand(self, entry: PendingBatch, batch: SubmitBatch) -> None:
+        """
+        Give C{batch} to the handler; C{entry} gets its results.
+        """
+        count = entry.count
+        self.waiting += count
+        self.outstanding += 1
+        self.metrics.handler_pending.inc(count)
+        entry.started = time.monotonic()
+        try:
+            result = self.handler.handle(batch)
+        except Exception:
+            self._failed(Failure(), entry)
+            return
+        if isinstance(result, Deferred):
+            if self.timeout is not None:
+                entry.timer = self.reactor.callLater(self.timeout, self._timedOut, entry)
+            entry.deferred = result
+            result.addCallbacks(
+                self._answered, self._failed, callbackArgs=(entry,), errbackArgs=(entry,)
+            )
+        else:
+            self._answered(result, entry)
+
+    def _answered(self, results: object, entry: PendingBatch) -> None:
+        if entry.finished:
+            return  # timed out already: late results are ignored
+        try:
+            data = checkResults(results, entry.count)
+        except BadResults:
+            self._failed(Failure(), entry)
+            return
+        self._finish(entry, data)
+
+    def _failed(self, failure: Failure, entry: PendingBatch) -> None:
+        if entry.finished:
+            return  # timed out already (or cancelled by the timeout)
+        self.metrics.handler_errors.inc()
+        self._errors += 1
+        self._latest = f"{failure.type.__name__ if failure.type else 'error'}: " + (
+            failure.getErrorMessage()
+        )
+        self._problem()
+        self._finish(entry, bytes((RESULT_HANDLER_ERROR,)) * entry.count)
+
+    def _timedOut(self, entry: PendingBatch) -> None:
+        entry.timer = None
+        if entry.finished:
+            return
+        self.metrics.handler_timeouts.inc()
+        self._timeouts += 1
+        self._latest = f"a batch of {entry.count} took more than {self.timeout}s"
+        self._problem()
+        deferred = entry.deferred
+        self._finish(entry, bytes((RESULT_TIMEOUT,)) * entry.count)
+        if deferred is not None:
+            # Lets the handler free what the batch holds; its failure (or
+            # any late result) lands in _failed/_answered and is ignored.
+            try:
+                deferred.cancel()
+            except Exception:
+                self.log.failure("cancelling a timed-out handler batch")
+
+    def _finish(self, entry: PendingBatch, results: bytes) -> None:
+        timer, entry.timer = entry.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        entry.deferred = None
+        entry.results = results
+        entry.acks = encodeAcks(entry.ids, results)
+        entry.ids = []
+        self.outstanding -= 1
+        self.metrics.handler_batch_seconds.observe(time.monotonic() - entry.started)
+        protocol, entry.protocol = entry.protocol, None
+        if entry.orphaned or protocol is None:
+            self.release(entry.count)
+        else:
+            protocol.batchAnswered()
+        if not self.outstanding and self._idleWaiters:
+            waiters, self._idleWaiters = self._idleWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    # Bounds
+
+    def release(self, count: int) -> None:
+        """
+        C{count} Submits were acked (or dropped with their connection).
+        """
+        if not count:
+            return
+        self.waiting -= count
+        self.metrics.handler_pending.dec(count)
+        if self.heldForTotal and self.waiting < self.maxPendingTotal:
+            held = list(self.heldForTotal)
+            self.heldForTotal.clear()
+            for protocol in held:
+                protocol.checkBounds()
+
+    def overTotal(self) -> bool:
+        return self.waiting >= self.maxPendingTotal
+
+    # Shutdown
+
+    def whenIdle(self) -> Deferred[None]:
+        """
+        Fires once every batch handed over so far has been answered.
+        """
+        d: Deferred[None] = Deferred()
+        if self.outstanding:
+            self._idleWaiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def giveUp(self) -> None:
+        """
+        The grace period is over: stop waiting for the handler.
+        """
+        waiters, self._idleWaiters = self._idleWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # Logging, at a bounded rate
+
+    def _problem(self) -> None:
+        now = float(self.reactor.seconds())
+        last = self._lastLog
+        if last is None or now - last >= self.problemLogInterval:
+            self._logProblems(now)
+        elif self._logCall is None:
+            self._logCall = self.reactor.callLater(
+                last + self.problemLogInterval - now, self._logLater
+            )
+
+    def _logLater(self) -> None:
+        self._logCall = None
+        if self._errors or self._timeouts:
+            self._logProblems(float(self.reactor.seconds()))
+
+    def _logProblems(self, now: float) -> None:
+        self.log.warn(
+            "handler problems since the last such line: {errors} batch(es) got "
+            "result 1 (handler error), {timeouts} got result 2 (timeout); latest: "
+            "{latest}",
+            errors=self._errors,
+            timeouts=self._timeouts,
+            latest=self._latest,
+        )
+        self._errors = self._timeouts = 0
+        self._lastLog = now
+
+    def stop(self) -> None:
+        if self._logCall is not None and self._logCall.active():
+            self._logCall.cancel()
+        self._logCall = None
+
+
+class HandlerServerProtocol(TcpDemoServerProtocol):
+    """
+    A connection whose Submits go to the factory's L{HandlerRunner}.
+
+    The parent's hooks are kept: C{_moveIdsToOut} (called before every
+    ConnAck and at the end of every read) closes the current batch and
+    queues whatever the parent put in C{_out}; C{endOfRead} writes the
+    answered prefix of the queue.
+    """
+
+    factory: HandlerServerFactory
+
+    _frames: list[bytes]
+    _queue: deque[PendingBatch]
+    #: Submits of this connection handed over and not yet acked.
+    _waiting = 0
+    #: Reading stopped for a pending bound, or by the transport (writes).
+    _heldByBounds = False
+    _heldByWrites = False
+    _lost = False
+    _draining = False
+    number = 0
+    peer = ""
+
+    def connectionMade(self) -> None:
+        self._frames = []
+        self._queue = deque()
+        self.number = self.factory.nextConnectionNumber()
+        self.peer = describePeer(self.transport.getPeer())
+        TcpDemoServerProtocol.connectionMade(self)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._lost = True
+        runner = self.factory.runner
+        runner.heldForTotal.pop(self, None)
+        released = 0
+        for entry in self._queue:
+            if entry.finished:
+                released += entry.count
+            else:
+                entry.orphaned = True
+        self._queue.clear()
+        runner.release(released)
+        if reason is None:
+            TcpDemoServerProtocol.connectionLost(self)
+        else:
+            TcpDemoServerProtocol.connectionLost(self, reason)
+
+    # Receiving: as the parent (keep the two in step), but Submits are kept
+    # whole for the batch instead of being answered at once.
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if data:
+            self.factory.tally.bytesReceived += len(data)
+            if self.timeOut is not None:
+                self.resetTimeout()
+        if self._gathered is not None:
+            # A long partial frame: add to it, and deliver it if complete.
+            rest = self.gather(data)
+            if rest is None:
+                self.endOfRead()
+                return
+            data = rest
+            if self._isClosing():
+                self.endOfRead()
+                return
+        if self._authenticated and not self.paused:
+            buffered = self._unprocessed
+            alldata = buffered + data if buffered else data
+            self._unprocessed = b""
+            offset = scanSubmits(alldata, self.MAX_LENGTH, self._ids)
+            if offset:
+                self._frames.append(alldata[:offset])
+                data = alldata[offset:]
+            else:
+                data = alldata
+        FrameReceiver.dataReceived(self, data)
+
+    def stringReceived(self, string: bytes) -> None:
+        if string[0] == SUBMIT and len(string) > ID_SIZE and self._authenticated:
+            self._ids.append(string[1 : ID_SIZE + 1])
+            self._frames.append(frame(string))
+        else:
+            self._otherPacket(string)
+
+    def _moveIdsToOut(self) -> None:
+        """
+        Queue what the parent put in C{_out} (ConnAcks, which come before
+        any Submit collected since), then hand the collected Submits over.
+        """
+        queue = self._queue
+        out = self._out
+        if out:
+            queue.append(PendingBatch.ready(b"".join(out)))
+            self._out = []
+        ids = self._ids
+        if not ids:
+            return
+        frames = b"".join(self._frames)
+        self._ids = []
+        self._frames = []
+        entry = PendingBatch(self, ids)
+        queue.append(entry)
+        count = entry.count
+        self._waiting += count
+        self.factory.tally.received += count
+        batch = SubmitBatch(frames, count, self.number, self.peer, time.time())
+        self.factory.runner.hand(entry, batch)
+
+    def endOfRead(self) -> None:
+        self._moveIdsToOut()
+        self._sendAnswered()
+        self.factory.tally.changed()
+        if not self._closing:
+            self.checkBounds()
+
+    # Sending, in order
+
+    def batchAnswered(self) -> None:
+        """
+        The runner has results for one of this connection's batches.
+        """
+        self._sendAnswered()
+        self.factory.tally.changed()
+        if not self._closing:
+            self.checkBounds()
+
+    def _sendAnswered(self) -> None:
+        queue = self._queue
+        if not queue or not queue[0].finished:
+            if self._closing and not self._closed and not queue:
+                self._finish()
+            return
+        chunks = []
+        released = 0
+        acked = self.factory.tally.acked
+        while queue and queue[0].finished:
+            entry = queue.popleft()
+            assert entry.acks is not None
+            chunks.append(entry.acks)
+            count = entry.count
+            if count:
+                released += count
+                results = entry.results
+                first = results[0]
+                if results.count(first) == count:
+                    acked[first] = acked.get(first, 0) + count
+                else:
+                    for result in set(results):
+                        acked[result] = acked.get(result, 0) + results.count(result)
+        self._waiting -= released
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if not self._lost and not self._closed:
+            self._write(data)
+            self.factory.tally.bytesSent += len(data)
+        self.factory.runner.release(released)
+        if self._closing and not self._closed and not queue:
+            self._finish()
+
+    def drain(self) -> None:
+        # The parent parses what is buffered, then closes once every ack is
+        # out (see _sendAnswered): reading must not resume meanwhile.
+        self._draining = True
+        TcpDemoServerProtocol.drain(self)
+
+    # Flow control: the pending bounds and the transport's buffer.
+
+    def checkBounds(self) -> None:
+        """
+        Stop reading past a pending bound; read again below both.
+        """
+        if self._lost or self._closing or self._draining:
+            return
+        runner = self.factory.runner
+        if self._waiting >= runner.maxPending:
+            self._hold()
+        elif runner.overTotal():
+            runner.heldForTotal[self] = None
+            self._hold()
+        elif self._heldByBounds:
+            self._heldByBounds = False
+            if not self._heldByWrites:
+                FrameReceiver.resumeProducing(self)
+
+    def _hold(self) -> None:
+        if not self._heldByBounds:
+            self._heldByBounds = True
+            self.paused = True
+            self.transport.pauseProducing()
+
+    def pauseProducing(self) -> None:
+        self._heldByWrites = True
+        TcpDemoServerProtocol.pauseProducing(self)
+
+    def resumeProducing(self) -> None:
+        self._heldByWrites = False
+        if not self._heldByBounds:
+            TcpDemoServerProtocol.resumeProducing(self)
+
+
+@attrs.define(eq=False, slots=False, repr=False)
+class HandlerServerFactory(TcpDemoServerFactory):
+    """
+    The factory for a handler other than C{ack}: its connections hand their
+    Submits to C{handler} through one L{HandlerRunner}.
+    """
+
+    handler: ISubmitHandler | None = None
+    #: The --handler NAME[:ARG] it came from, for log lines.
+    handlerName: str = "handler"
+    handlerTimeout: float | None = DEFAULT_HANDLER_TIMEOUT
+    maxPending: int = DEFAULT_MAX_PENDING
+    maxPendingTotal: int = DEFAULT_MAX_PENDING_TOTAL
+
+    protocol = HandlerServerProtocol
+
+    runner: HandlerRunner = attrs.field(init=False)
+    _connectionNumber: int = attrs.field(default=0, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        TcpDemoServerFactory.__attrs_post_init__(self)
+        if self.handler is None:
+            raise ValueError("HandlerServerFactory needs a handler")
+        self.runner = HandlerRunner(
+            self.handler,
+            self.metrics,
+            self.reactor,
+            timeout=self.handlerTimeout,
+            maxPending=self.maxPending,
+            maxPendingTotal=self.maxPendingTotal,
+        )
+
+    def nextConnectionNumber(self) -> int:
+        self._connectionNumber += 1
+        return self._connectionNumber
+
+    def stopFactory(self) -> None:
+        self.runner.stop()
+        TcpDemoServerFactory.stopFactory(self)
+
+
+__all__ = [
+    "DEFAULT_HANDLER_TIMEOUT",
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_PENDING_TOTAL",
+    "HandlerRunner",
+    "HandlerServerFactory",
+    "HandlerServerProtocol",
+    "PendingBatch",
+    "encodeAcks",
+]

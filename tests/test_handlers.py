@@ -1,0 +1,398 @@
+"""
+The handler path (tcpdemo/pending.py) over real TCP on loopback, with the
+server in this process so that the tests hold the handler's Deferreds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.logger import Logger, formatEvent
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from tcpdemo import pending, tap
+from tcpdemo import protocol as server
+from tcpdemo.frame import frame
+from tcpdemo.handlers import ISubmitHandler
+from tcpdemo.handlers.ack import AckHandler
+from tcpdemo.packet import Conn, ConnAck, encode
+
+from .handlerkit import ManualHandler, ScriptedHandler
+from .support import ackFrame, submitFrame
+
+
+class Collector(protocol.Protocol):
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed: defer.Deferred[bytes] = defer.Deferred()
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self.received)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(self.data)
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def waitUntil(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await sleep(0.01)
+    raise AssertionError("timed out waiting")
+
+
+def acks(numbers: range | list[int], result: int = 0) -> bytes:
+    """
+    L{ackFrame} for each number, back to back (quickly: tests use 10**5).
+    """
+    head = ackFrame(0, result)[:5]
+    tail = bytes((result,))
+    return b"".join([head + b"%08d" % i + tail for i in numbers])
+
+
+def submits(numbers: range | list[int], payload: bytes = b"x") -> bytes:
+    """
+    L{submitFrame} for each number, back to back.
+    """
+    head = submitFrame(0, payload)[:5]
+    return b"".join([head + b"%08d" % i + payload for i in numbers])
+
+
+class HandlerTestCase(TestCase):
+    def startService(self, handler: ISubmitHandler, *args: str) -> tap.TcpDemoService:
+        options = tap.Options()
+        options.parseOptions(
+            ["--port", "tcp:0:interface=127.0.0.1", "--metrics", "none", *args]
+        )
+        svc = tap.makeService(options, reactor, CollectorRegistry(), handler=handler)
+        assert isinstance(svc, tap.TcpDemoService)
+        svc.privilegedStartService()
+        svc.startService()
+        self.addCleanup(lambda: svc.running and svc.stopService())
+        self.events: list[dict[str, Any]] = []
+        self.patch(pending.HandlerRunner, "log", Logger(observer=self.events.append))  # type: ignore[arg-type]
+        return svc
+
+    async def connect(self, svc: tap.TcpDemoService) -> Collector:
+        assert svc.server.port is not None
+        port = svc.server.port.getHost().port  # type: ignore[attr-defined]
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+        client = await endpoint.connect(protocol.Factory.forProtocol(Collector))
+        assert isinstance(client, Collector)
+        self.addCleanup(lambda: client.transport and client.transport.loseConnection())  # type: ignore[func-returns-value]
+        return client
+
+    def sample(self, svc: tap.TcpDemoService, name: str, **labels: str) -> float:
+        svc.factory.tally.flush()
+        value = svc.factory.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def warnings(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e["log_level"].name == "warn"]
+
+
+class OrderTests(HandlerTestCase):
+    async def test_reverseCompletion(self) -> None:
+        """
+        Batches answered last-first still ack in Submit order, a ConnAck in
+        its place among them, each Submit with its batch's result.
+        """
+        handler = ManualHandler()
+        svc = self.startService(handler)
+        self.assertIsInstance(svc.factory, pending.HandlerServerFactory)
+        self.assertTrue(handler.started)
+        client = await self.connect(svc)
+        client.send(submits(range(1, 11)))
+        await waitUntil(lambda: len(handler.batches) == 1)
+        client.send(frame(encode(Conn(b"anything"))) + submits(range(11, 31)))
+        await waitUntil(lambda: handler.handed == 30)
+        client.send(submits(range(31, 36)))
+        await waitUntil(lambda: handler.handed == 35)
+        batches = handler.batches
+        self.assertEqual(batches[0][0].ids, [b"%08d" % i for i in range(1, 11)])
+        self.assertEqual(batches[0][0].frames, submits(range(1, 11)))
+        self.assertEqual(batches[0][0].peer.split(":")[0], "127.0.0.1")
+        # Results 3, 4, ... by batch: answered in reverse order.
+        for index in reversed(range(1, len(batches))):
+            batch, d = batches[index]
+            d.callback([3 + index] * batch.count)
+        await sleep(0.1)
+        self.assertEqual(client.data, b"", "acks overtook the first batch's")
+        batches[0][1].callback(bytes(10))
+        expected = acks(range(1, 11)) + frame(encode(ConnAck(0)))
+        number = 11
+        for index, (batch, _) in enumerate(batches[1:], 1):
+            expected += acks(range(number, number + batch.count), 3 + index)
+            number += batch.count
+        await waitUntil(lambda: len(client.data) >= len(expected))
+        self.assertEqual(client.data, expected)
+        self.assertEqual(self.sample(svc, "tcpdemo_acks_total", result="0"), 10)
+        self.assertEqual(self.sample(svc, "tcpdemo_req_recv_total"), 35)
+        self.assertEqual(self.sample(svc, "tcpdemo_rsp_send_total"), 35)
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
+        self.assertEqual(
+            self.sample(svc, "tcpdemo_handler_batch_seconds_count"), len(batches)
+        )
+
+    async def test_ackHandlerOnHandlerPath(self) -> None:
+        """
+        The ack handler through the handler path answers exactly as the fast
+        path does, for a large pipelined load of varied sizes.
+        """
+        svc = self.startService(ManualHandler())  # the handler path...
+        assert isinstance(svc.factory, pending.HandlerServerFactory)
+        svc.factory.runner.handler = AckHandler()  # ...with the ack handler
+        client = await self.connect(svc)
+        count = 20000
+        data = b"".join(submitFrame(i, b"p" * (i % 37)) for i in range(count))
+        client.send(data)
+        await waitUntil(lambda: len(client.data) >= 14 * count, timeout=30)
+        self.assertEqual(client.data, acks(range(count)))
+
+    def test_ackIsTheFastPath(self) -> None:
+        options = tap.Options()
+        options.parseOptions(["--metrics", "none"])
+        factory = tap.buildFactory(options, reactor, CollectorRegistry())
+        self.assertIs(type(factory), server.TcpDemoServerFactory)
+
+
+class ErrorTests(HandlerTestCase):
+    async def test_errorsGiveOneAndKeepTheConnection(self) -> None:
+        """
+        A raise, a failed Deferred, too few results, a result out of range
+        or results of the wrong type: result 1 for the batch, counted,
+        logged once (rate-limited); the connection stays open.
+        """
+        handler = ScriptedHandler()
+        svc = self.startService(handler)
+        client = await self.connect(svc)
+        expected = b""
+        for number, payload in enumerate([b"raise", b"fail", b"short", b"range", b"str"], 1):
+            client.send(submits([number], payload))
+            expected += ackFrame(number, 1)
+            size = len(expected)
+            await waitUntil(lambda size=size: len(client.received) >= size)  # type: ignore[misc]
+        client.send(submits([6], b"r7") + submits([7], b"r7"))
+        expected += acks([6, 7], 7)
+        await waitUntil(lambda: len(client.data) >= len(expected))
+        self.assertEqual(client.data, expected)
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_errors_total"), 5)
+        self.assertEqual(self.sample(svc, "tcpdemo_acks_total", result="1"), 5)
+        self.assertEqual(self.sample(svc, "tcpdemo_acks_total", result="7"), 2)
+        warnings = self.warnings()
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("told to raise", warnings[0])
+
+    async def test_leftOutProblemsAreCounted(self) -> None:
+        svc = self.startService(ScriptedHandler())
+        assert isinstance(svc.factory, pending.HandlerServerFactory)
+        svc.factory.runner.problemLogInterval = 0.3
+        client = await self.connect(svc)
+        for number in range(1, 4):
+            client.send(submits([number], b"raise"))
+            await waitUntil(lambda number=number: len(client.received) >= 14 * number)  # type: ignore[misc]
+        await waitUntil(lambda: len(self.warnings()) == 2, timeout=5)
+        self.assertIn("1 batch(es) got result 1", self.warnings()[0])
+        self.assertIn("2 batch(es) got result 1", self.warnings()[1])
+
+
+class TimeoutTests(HandlerTestCase):
+    async def test_timeoutGivesTwoAndLateResultsAreIgnored(self) -> None:
+        handler = ManualHandler()
+        svc = self.startService(handler, "--handler-timeout", "0.2")
+        client = await self.connect(svc)
+        client.send(submits(range(1, 6)))
+        await waitUntil(lambda: len(client.data) >= 5 * 14)
+        self.assertEqual(client.data, acks(range(1, 6), 2))
+        self.assertEqual(handler.cancelled, 1)
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_timeouts_total"), 1)
+        self.assertEqual(self.sample(svc, "tcpdemo_acks_total", result="2"), 5)
+        # The connection still works, and answers in order.
+        client.send(submits(range(6, 8)))
+        await waitUntil(lambda: len(handler.batches) == 2)
+        handler.batches[1][1].callback(bytes(2))
+        await waitUntil(lambda: len(client.data) >= 7 * 14)
+        self.assertEqual(client.data, acks(range(1, 6), 2) + acks(range(6, 8)))
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
+
+
+class BoundTests(HandlerTestCase):
+    async def test_perConnection(self) -> None:
+        """
+        Past --max-pending the connection stops reading (the bytes stay in
+        the kernel's buffers); answering resumes it; nothing is dropped.
+        """
+        handler = ManualHandler()
+        svc = self.startService(handler, "--max-pending", "100")
+        client = await self.connect(svc)
+        count = 400_000  # 8.8 MB: more than loopback's socket buffers hold
+        data = submits(range(count))
+        client.send(data)
+        await waitUntil(lambda: handler.handed > 0)
+        await sleep(0.5)
+        held = handler.handed
+        self.assertLess(held, 10_000)
+        self.assertLessEqual(self.sample(svc, "tcpdemo_handler_pending"), held)
+        received = self.sample(svc, "tcpdemo_bytes_received_total")
+        self.assertLess(received, len(data) // 2)
+        await sleep(0.3)
+        self.assertEqual(handler.handed, held, "reading did not stop")
+        self.assertEqual(self.sample(svc, "tcpdemo_bytes_received_total"), received)
+        answered = 0
+        while len(client.received) < 14 * count:
+            batches = handler.batches[answered:]
+            answered += len(batches)
+            for batch, d in batches:
+                d.callback(bytes(batch.count))
+            await sleep(0.001)
+        self.assertEqual(client.data, acks(range(count)))
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
+
+    async def test_perProcess(self) -> None:
+        """
+        Past --max-pending-total every connection that reads stops.
+        """
+        handler = ManualHandler()
+        svc = self.startService(
+            handler, "--max-pending", "1000000", "--max-pending-total", "50"
+        )
+        first = await self.connect(svc)
+        second = await self.connect(svc)
+        count = 200_000
+        data = submits(range(count))
+        first.send(data)
+        second.send(data)
+        await waitUntil(lambda: {b.connection for b, _ in handler.batches} == {1, 2})
+        await sleep(0.3)
+        held = handler.handed
+        await sleep(0.3)
+        self.assertEqual(handler.handed, held, "reading did not stop")
+        self.assertLess(held, 20_000)
+        self.assertLess(self.sample(svc, "tcpdemo_bytes_received_total"), len(data))
+        answered = 0
+        while len(first.received) < 14 * count or len(second.received) < 14 * count:
+            batches = handler.batches[answered:]
+            answered += len(batches)
+            for batch, d in batches:
+                d.callback(bytes(batch.count))
+            await sleep(0.005)
+        self.assertEqual(first.data, acks(range(count)))
+        self.assertEqual(second.data, acks(range(count)))
+
+
+class ShutdownTests(HandlerTestCase):
+    async def test_stopWaitsForHandlerWork(self) -> None:
+        """
+        Stopping answers what the handler still holds before closing, then
+        stops the handler.
+        """
+        handler = ManualHandler()
+        svc = self.startService(handler)
+        client = await self.connect(svc)
+        client.send(submits(range(1, 101)))
+        await waitUntil(lambda: handler.handed == 100)
+        stopped = defer.ensureDeferred(svc.stopService())
+
+        def answer() -> None:
+            for batch, d in handler.batches:
+                d.callback([5] * batch.count)
+
+        reactor.callLater(0.3, answer)
+        self.assertFalse(handler.stopped)
+        self.assertEqual(await client.closed, acks(range(1, 101), 5))
+        await stopped
+        self.assertTrue(handler.stopped)
+        self.assertTrue(svc.drainedCleanly)
+
+    async def test_gracePeriodEnds(self) -> None:
+        handler = ManualHandler()
+        svc = self.startService(handler, "--grace-period", "0.3", "--handler-timeout", "0")
+        client = await self.connect(svc)
+        client.send(submits(range(1, 11)))
+        await waitUntil(lambda: handler.handed == 10)
+        await svc.stopService()
+        self.assertEqual(await client.closed, b"")
+        self.assertFalse(svc.drainedCleanly)
+        self.assertTrue(handler.stopped)
+
+
+class StartTests(SynchronousTestCase):
+    def test_failedStartIsOneLine(self) -> None:
+        from .handlerkit import FailingStartHandler
+
+        options = tap.Options()
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--metrics", "none"])
+        svc = tap.makeService(
+            options, reactor, CollectorRegistry(), handler=FailingStartHandler()
+        )
+        error = self.assertRaises(SystemExit, svc.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            "tcpdemo: --handler ack failed to start: RuntimeError: the backend is unreachable",
+        )
+        assert isinstance(svc, tap.TcpDemoService)
+        self.assertIsNone(svc.server.port)
+
+    def test_options(self) -> None:
+        options = tap.Options()
+        options.parseOptions([])
+        self.assertEqual(options["handler"], "ack")
+        self.assertEqual(options["handler-timeout"], pending.DEFAULT_HANDLER_TIMEOUT)
+        self.assertEqual(options["max-pending"], pending.DEFAULT_MAX_PENDING)
+        self.assertEqual(options["max-pending-total"], pending.DEFAULT_MAX_PENDING_TOTAL)
+        from twisted.python.usage import UsageError
+
+        error = self.assertRaises(UsageError, options.parseOptions, ["--handler", "nosuch"])
+        self.assertIn("no handler named 'nosuch'", str(error))
+        self.assertIn("ack", str(error))
+        self.assertIn("sqlite", str(error))
+        error = self.assertRaises(
+            UsageError, tap.Options().parseOptions, ["--handler", "sqlite:x", "--workers", "2"]
+        )
+        self.assertIn("--workers 1", str(error))
+        self.assertRaises(UsageError, tap.Options().parseOptions, ["--max-pending", "0"])
+        self.assertRaises(
+            UsageError, tap.Options().parseOptions, ["--handler-timeout", "-1"]
+        )
+
+    def test_badArgument(self) -> None:
+        options = tap.Options()
+        options.parseOptions(["--handler", "ack:surplus"])
+        error = self.assertRaises(SystemExit, tap.makeHandler, options, reactor)
+        self.assertEqual(
+            str(error), "tcpdemo: --handler ack:surplus: the ack handler takes no argument, "
+            "not 'surplus'"
+        )
+
+
+class EncodeTests(SynchronousTestCase):
+    def test_encodeAcks(self) -> None:
+        ids = [b"%08d" % i for i in range(3)]
+        self.assertEqual(pending.encodeAcks(ids, bytes(3)), acks(range(3)))
+        self.assertEqual(
+            pending.encodeAcks(ids, bytes([0, 9, 255])),
+            ackFrame(0, 0) + ackFrame(1, 9) + ackFrame(2, 255),
+        )
+
+    def test_checkResults(self) -> None:
+        self.assertEqual(pending.checkResults([1, 2], 2), b"\1\2")
+        self.assertEqual(pending.checkResults(bytearray(2), 2), b"\0\0")
+        for bad in ([1], [256, 0], [-1, 0], 2, None, "ab", [1.5, 2], object()):
+            self.assertRaises(pending.BadResults, pending.checkResults, bad, 2)
