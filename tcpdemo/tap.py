@@ -14,6 +14,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from tcpdemo.endpoints import ListenerService, withBacklog
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH

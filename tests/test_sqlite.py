@@ -1,0 +1,131 @@
+"""
+The sqlite store (tcpdemo/handlers/sqlite.py) with the real reactor and its
+real writer thread, alone and behind a server over loopback TCP.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+from prometheus_client import CollectorRegistry
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from tcpdemo import tap
+from tcpdemo.handlers import SubmitBatch
+from tcpdemo.handlers.sqlite import CHUNK, SqliteHandler, readStored
+
+from .support import ackFrame, submitFrame
+from .test_handlers import HandlerTestCase, acks, submits, waitUntil
+
+
+def batch(first: int, count: int, payload: bytes = b"", connection: int = 1) -> SubmitBatch:
+    frames = b"".join(submitFrame(i, payload or b"p%d" % i) for i in range(first, first + count))
+    return SubmitBatch(frames, count, connection, f"127.0.0.1:{1000 + connection}", time.time())
+
+
+class StoreTests(TestCase):
+    def handler(self) -> SqliteHandler:
+        path = os.path.abspath(self.mktemp())
+        handler = SqliteHandler(path, reactor)
+        handler.startHandler()
+        thread = handler._thread
+        assert thread is not None
+        self.addCleanup(lambda: handler.stopHandler() if thread.is_alive() else None)
+        return handler
+
+    async def test_groupCommit(self) -> None:
+        """
+        Batches handed while a commit runs share the next one; each batch
+        gets zeros once committed; rows keep the order batches came in,
+        across statements of CHUNK rows.
+        """
+        handler = self.handler()
+        sizes = [1, CHUNK - 1, CHUNK, CHUNK + 1, 7] * 20
+        first = 0
+        waits = []
+        for connection, size in enumerate(sizes):
+            waits.append(handler.handle(batch(first, size, connection=connection % 3)))
+            first += size
+        results = await defer.gatherResults(waits)
+        self.assertEqual([bytes(r) for r in results], [bytes(size) for size in sizes])
+        self.assertLess(handler.commits, len(sizes))
+        self.assertEqual(handler.stored, first)
+        await handler.stopHandler()
+        stored = list(readStored(handler.path))
+        self.assertEqual(
+            [bytes.fromhex(s["id"]) for s in stored], [b"%08d" % i for i in range(first)]
+        )
+        self.assertEqual(
+            [bytes.fromhex(s["payload"]) for s in stored], [b"p%d" % i for i in range(first)]
+        )
+        self.assertEqual(stored[0]["peer"], "127.0.0.1:1000")
+        self.assertEqual([s["seq"] for s in stored], list(range(1, first + 1)))
+        db = sqlite3.connect(handler.path)
+        self.addCleanup(db.close)
+        self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+    async def test_stopCommitsWhatIsQueued(self) -> None:
+        handler = self.handler()
+        waits = [handler.handle(batch(i * 10, 10)) for i in range(50)]
+        stopped = handler.stopHandler()
+        self.assertRaises(RuntimeError, handler.handle, batch(9999, 1))
+        await stopped
+        self.assertEqual([bytes(r) for r in await defer.gatherResults(waits)], [bytes(10)] * 50)
+        self.assertEqual(len(list(readStored(handler.path))), 500)
+        assert handler._thread is not None
+        self.assertFalse(handler._thread.is_alive())
+
+    def test_cannotOpen(self) -> None:
+        handler = SqliteHandler(os.path.join(self.mktemp(), "no", "such", "dir.db"), reactor)
+        self.assertRaises(sqlite3.OperationalError, handler.startHandler)
+
+
+class FullDiskTests(HandlerTestCase):
+    async def test_fullGivesOneAndRecovers(self) -> None:
+        """
+        A full database (SQLite's max_page_count standing in for a full
+        disk): result 1 for the batches of the failed commit, counted; the
+        connection stays open, and once there is room Submits are stored
+        again.
+        """
+        path = os.path.abspath(self.mktemp())
+        handler = SqliteHandler(path, reactor)
+        svc = self.startService(handler)
+        assert handler._db is not None
+        pages = handler._db.execute("PRAGMA page_count").fetchone()[0]
+        handler._db.execute(f"PRAGMA max_page_count={pages + 2}")
+        client = await self.connect(svc)
+        client.send(submits(range(1, 3), b"small"))
+        await waitUntil(lambda: len(client.received) >= 28)
+        client.send(submits(range(3, 103), b"x" * 4000))  # ~400 KB: does not fit
+        await waitUntil(lambda: len(client.received) >= 14 * 102)
+        self.assertEqual(client.data, acks(range(1, 3)) + acks(range(3, 103), 1))
+        self.assertGreaterEqual(self.sample(svc, "tcpdemo_handler_errors_total"), 1)
+        self.assertIn("full", self.warnings()[0])
+        handler._db.execute("PRAGMA max_page_count=1073741823")
+        client.send(submitFrame(103, b"after"))
+        await waitUntil(lambda: len(client.received) >= 14 * 103)
+        self.assertEqual(client.data[-14:], ackFrame(103))
+        await svc.stopService()
+        stored = [bytes.fromhex(s["payload"]) for s in readStored(path)]
+        self.assertEqual(stored, [b"small", b"small", b"after"])
+
+
+class StartFailureTests(TestCase):
+    def test_unopenableIsOneLine(self) -> None:
+        options = tap.Options()
+        path = os.path.join(os.path.abspath(self.mktemp()), "missing-dir", "s.db")
+        options.parseOptions(
+            ["--port", "tcp:0:interface=127.0.0.1", "--metrics", "none",
+             "--handler", f"sqlite:{path}"]
+        )
+        svc = tap.makeService(options, reactor, CollectorRegistry())
+        error = self.assertRaises(SystemExit, svc.privilegedStartService)
+        self.assertEqual(
+            str(error),
+            f"tcpdemo: --handler sqlite:{path} failed to start: OperationalError: "
+            "unable to open database file",
+        )
