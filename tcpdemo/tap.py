@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
@@ -286,6 +286,10 @@ class TcpDemoService(MultiService):
         #: After a stop: whether every owed ack was delivered in time.
         self.drainedCleanly: bool | None = None
         self._handlerStarted = False
+        #: A handler start still to finish: nothing listens until it has.
+        self._handlerStarting: defer.Deferred[Any] | None = None
+        #: Whether the handler's start failed after the reactor ran.
+        self.startFailed = False
         if listener is None:
             if port is None:
                 raise ValueError("a port or a listener is needed")
@@ -321,40 +325,63 @@ class TcpDemoService(MultiService):
         return factory.runner if isinstance(factory, HandlerServerFactory) else None
 
     def privilegedStartService(self) -> None:
-        # The handler starts before anything listens; if it cannot, start-up
-        # ends with one line (twistd prints a SystemExit's message and exits 1).
+        # The handler starts before anything listens.  If it fails at once,
+        # start-up ends with one line (twistd prints a SystemExit's message
+        # and exits 1); if it answers with a Deferred still to fire, the
+        # listeners start when it does (see startService).
         self._startHandler()
-        MultiService.privilegedStartService(self)
+        if self._handlerStarting is None:
+            MultiService.privilegedStartService(self)
 
     def startService(self) -> None:
         self._startHandler()
-        MultiService.startService(self)
+        starting = self._handlerStarting
+        if starting is None:
+            MultiService.startService(self)
+            return
+        Service.startService(self)
+        starting.addCallbacks(self._handlerStartedLater, self._handlerFailedLater)
 
     def _startHandler(self) -> None:
         runner = self.handlerRunner
-        if runner is None or self._handlerStarted:
+        if runner is None or self._handlerStarted or self._handlerStarting is not None:
             return
-        name = getattr(self.factory, "handlerName", "handler")
+        started = defer.maybeDeferred(runner.handler.startHandler)
+        if not started.called:
+            self._handlerStarting = started
+            self.log.info("waiting for handler {name} to start", name=self._handlerName())
+            return
         outcome: list[Any] = []
-        try:
-            defer.maybeDeferred(runner.handler.startHandler).addBoth(outcome.append)
-        except BaseException as e:  # maybeDeferred catches; be sure anyway
-            outcome.append(Failure(e))
-        if not outcome:
-            raise SystemExit(
-                f"tcpdemo: --handler {name}: startHandler must finish before the "
-                "reactor runs (return None or a fired Deferred)"
-            )
+        started.addBoth(outcome.append)
         if isinstance(outcome[0], Failure):
-            failure = outcome[0]
-            message = (
-                f"tcpdemo: --handler {name} failed to start: "
-                f"{failure.type.__name__ if failure.type else 'error'}: "
-                f"{failure.getErrorMessage()}"
-            )
-            raise SystemExit(message)
+            raise SystemExit(self._startFailure(outcome[0]))
         self._handlerStarted = True
-        self.log.info("handler {name} started", name=name)
+        self.log.info("handler {name} started", name=self._handlerName())
+
+    def _handlerName(self) -> str:
+        return str(getattr(self.factory, "handlerName", "handler"))
+
+    def _startFailure(self, failure: Failure) -> str:
+        return (
+            f"tcpdemo: --handler {self._handlerName()} failed to start: "
+            f"{failure.type.__name__ if failure.type else 'error'}: "
+            f"{failure.getErrorMessage()}"
+        )
+
+    def _handlerStartedLater(self, _: object) -> None:
+        self._handlerStarting = None
+        self._handlerStarted = True
+        self.log.info("handler {name} started", name=self._handlerName())
+        if self.running:
+            MultiService.startService(self)
+
+    def _handlerFailedLater(self, failure: Failure) -> None:
+        # Too late for a SystemExit: say why in one line and stop.
+        self._handlerStarting = None
+        self.log.error("{message}", message=self._startFailure(failure))
+        self.startFailed = True
+        if self.running:
+            self.reactor.stop()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

@@ -333,6 +333,45 @@ class ShutdownTests(HandlerTestCase):
         self.assertTrue(handler.stopped)
 
 
+class SlowStartTests(HandlerTestCase):
+    async def test_listensOnceStarted(self) -> None:
+        """
+        A startHandler whose Deferred fires later: nothing listens until it
+        has fired, then the server serves.
+        """
+        handler = ScriptedHandler()
+        started: defer.Deferred[None] = defer.Deferred()
+        handler.startHandler = lambda: started  # type: ignore[method-assign,assignment]
+        svc = self.startService(handler)
+        self.assertIsNone(svc.server.port)
+        await sleep(0.1)
+        self.assertIsNone(svc.server.port)
+        started.callback(None)
+        self.assertIsNotNone(svc.server.port)
+        client = await self.connect(svc)
+        client.send(submits([1], b"r9"))
+        await waitUntil(lambda: len(client.received) >= 14)
+        self.assertEqual(client.data, ackFrame(1, 9))
+
+    async def test_failsLater(self) -> None:
+        handler = ScriptedHandler()
+        started: defer.Deferred[None] = defer.Deferred()
+        handler.startHandler = lambda: started  # type: ignore[method-assign,assignment]
+        svc = self.startService(handler)
+        events: list[dict[str, Any]] = []
+        self.patch(tap.TcpDemoService, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        stops: list[bool] = []
+        self.patch(svc, "reactor", type("R", (), {"stop": lambda self: stops.append(True)})())
+        started.errback(RuntimeError("no backend"))
+        self.assertIsNone(svc.server.port)
+        self.assertTrue(svc.startFailed)
+        self.assertEqual(stops, [True])
+        self.assertEqual(
+            [formatEvent(e) for e in events if e["log_level"].name == "error"],
+            ["tcpdemo: --handler ack failed to start: RuntimeError: no backend"],
+        )
+
+
 class StartTests(SynchronousTestCase):
     def test_failedStartIsOneLine(self) -> None:
         from .handlerkit import FailingStartHandler
