@@ -151,14 +151,20 @@ class FrameReceiver(Int32StringReceiver):
         length = self._gatherLength
         need = length - size
         if len(data) < need:
-            # Slice assignment: a bytearray grows (amortised O(1) a byte),
-            # a map is written in place.
             end = size + len(data)
-            gathered[size:end] = data
+            if isinstance(gathered, bytearray):
+                # Amortised O(1) a byte (a slice assignment is not: it
+                # resizes to the exact size every time).
+                gathered += data
+            else:
+                gathered[size:end] = data
             self._gatheredSize = end
             self.gatheredChanged(end)
             return None
-        gathered[size:length] = memoryview(data)[:need]
+        if isinstance(gathered, bytearray):
+            gathered += memoryview(data)[:need]
+        else:
+            gathered[size:length] = memoryview(data)[:need]
         rest = data[need:] if need else data
         # While paused the whole frame waits, header and all, to be parsed.
         start = 0 if self.paused else HEADER_SIZE

@@ -1,0 +1,53 @@
+"""
+Issue 12's "done when" figures, measured by C{benchmarks/hostile.py}
+against a real C{twistd -n tcpdemo} on its defaults (about a minute):
+
+  - 1000 connections each holding a ~1 MiB partial frame and trickling a
+    byte every 0.1 s: server RSS grows by at most 128 MiB, and a clean
+    connection's batch of 1000 pipelined Submits round-trips in at most
+    50 ms (the median of the batches sent while they trickle);
+  - one connection flooding Conn frames: the clean batch round-trips in at
+    most 20 ms (median).
+
+The medians are asserted, not the maxima: the machine is shared, and one
+descheduling of the server costs a batch tens of milliseconds whatever the
+server does.  Every figure goes to the trial log and the reliability report.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.reliability import ServerTestCase, report
+from tests.support import REPO_ROOT, subprocessEnv
+
+MIB_LIMIT = 128
+TRICKLE_MS = 50
+FLOOD_MS = 20
+
+
+class HostileFiguresTests(ServerTestCase):
+    def test_doneWhenFigures(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.hostile", "--json", "--seconds", "8"],
+            cwd=REPO_ROOT,
+            env=subprocessEnv(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        figures = json.loads(result.stdout)
+        report("hostile figures", **figures)
+        partial = figures["partial"]
+        self.assertLessEqual(partial["rss_peak_growth_mib"], MIB_LIMIT, partial)
+        self.assertLessEqual(
+            partial["clean_batch_while_trickling"]["p50_ms"], TRICKLE_MS, partial
+        )
+        # Memory comes back: 2 MiB measured, 16 allowed for allocator noise.
+        self.assertLessEqual(partial["rss_10s_after_leaving_growth_mib"], 16, partial)
+        flood = figures["connflood"]
+        self.assertLessEqual(flood["clean_batch_while_flooded"]["p50_ms"], FLOOD_MS, flood)
