@@ -5,7 +5,10 @@ handler against real nats-servers is in systests/test_jetstream_handler.py).
 
 from __future__ import annotations
 
-from twisted.trial.unittest import SynchronousTestCase
+import os
+import subprocess
+
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from tcpdemo.handlers import HandlerArgumentError, SubmitBatch
 from tcpdemo.handlers.jetstream import (
@@ -24,7 +27,8 @@ from tcpdemo.handlers.jetstream import (
     parseSpec,
 )
 
-from .support import submitFrame
+from .support import REPO_ROOT, submitFrame
+from .test_monitor import requireBinary
 
 
 class SpecTests(SynchronousTestCase):
@@ -114,3 +118,26 @@ class FormatTests(SynchronousTestCase):
             decodeMessage(batch.frames, None, 1)
         with self.assertRaises(ValueError):
             decodeMessage(batch.frames, {**headers, HEADER_COUNT: "4"}, 1)
+
+
+class DeployTests(TestCase):
+    def test_prometheusConfig(self) -> None:
+        """
+        deploy/prometheus-jetstream.yml, and the rules it loads, are valid;
+        it scrapes the NATS nodes' health and the exporter's job is there.
+        """
+        promtool = requireBinary(self, "promtool")
+        path = os.path.join(REPO_ROOT, "deploy", "prometheus-jetstream.yml")
+        result = subprocess.run(
+            [promtool, "check", "config", path],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+        )
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        self.assertEqual(result.returncode, 0, output)
+        with open(path) as f:
+            text = f.read()
+        for node in (1, 2, 3):
+            self.assertIn(f'"http://10.0.1.{node}:8222/healthz"', text)
+            self.assertIn(f'"10.0.1.{node}:7777"', text)
