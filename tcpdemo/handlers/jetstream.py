@@ -294,8 +294,15 @@ class _Connection:
             pause = min(pause * 2, 0.5)
 
     async def close(self) -> None:
+        """
+        Close the connection, flushing what is buffered; bounded, as the
+        cluster may be unreachable at shutdown.
+        """
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.close()
+            try:
+                await asyncio.wait_for(self._nc.close(), 5.0)
+            except asyncio.TimeoutError:
+                self._report("jetstream: NATS connection not closed within 5 s; leaving it")
 
     async def streamState(self) -> tuple[int, int]:
         """
