@@ -42,12 +42,12 @@ def dumpStream(urls: str, stream: str) -> list[dict[str, object]]:
     """
     C{tcpdemo-dump jetstream:URLS?stream=NAME}, as a user runs it.
     """
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from tcpdemo.dump import main; sys.exit(main())",
-        f"jetstream:{urls}?stream={stream}",
-    ]
+    spec = f"jetstream:{urls}?stream={stream}"
+    script = os.path.join(os.path.dirname(sys.executable), "tcpdemo-dump")
+    if os.path.exists(script):
+        command = [sys.executable, script, spec]  # installed, as in tox
+    else:
+        command = [sys.executable, "-c", "from tcpdemo.dump import main; main()", spec]
     result = subprocess.run(
         command, env=subprocessEnv(), capture_output=True, timeout=120, stdin=subprocess.DEVNULL
     )
