@@ -1,7 +1,7 @@
 """
 Tests for the example handler package, C{examples/tcpdemo-sizelimit}: its
-handler and plugin as units, installed with pip and found by
-twisted.plugin.
+handler and plugin as units, and a real C{twistd -n tcpdemo --handler
+sizelimit:16} answering Submits over TCP.
 
 The package must be installed with pip, as a user would install it (tox.ini
 does it for every test env), not found on the checkout's path: a test
@@ -29,7 +29,16 @@ from tcpdemo.handlers import (
     SubmitBatch,
     findMaker,
 )
-from tests.support import REPO_ROOT, submitFrame, subprocessEnv
+from tests.support import (
+    REPO_ROOT,
+    TwistdServer,
+    ackFrame,
+    recvExactly,
+    submitFrame,
+    subprocessEnv,
+    twistdCommand,
+    waitFor,
+)
 
 EXAMPLE = os.path.join(REPO_ROOT, "examples", "tcpdemo-sizelimit")
 
@@ -46,6 +55,10 @@ def makeBatch(payloads: list[bytes], first: int = 0) -> SubmitBatch:
         peer="127.0.0.1:4242",
         received=time.time(),
     )
+
+
+def expectedResult(payload: bytes, limit: int) -> int:
+    return RESULT_TOO_LARGE if len(payload) > limit else 0
 
 
 class InstalledTests(unittest.TestCase):
@@ -78,15 +91,16 @@ class InstalledTests(unittest.TestCase):
 
     def test_pluginIsLazy(self) -> None:
         """
-        Listing plugins does not import the handler module (nor create its
-        counter): only C{--handler sizelimit} does.
+        Listing plugins imports neither the handler module (which creates
+        its counter) nor prometheus_client: only C{--handler sizelimit} does.
         """
         code = (
             "import sys\n"
             "from twisted.plugin import getPlugins\n"
             "from tcpdemo.handlers import IHandlerMaker\n"
             "names = [m.name for m in getPlugins(IHandlerMaker)]\n"
-            "print('sizelimit' in names, 'tcpdemo_sizelimit' in sys.modules)\n"
+            "print('sizelimit' in names, 'tcpdemo_sizelimit' in sys.modules,"
+            " 'prometheus_client' in sys.modules)\n"
         )
         output = subprocess.run(
             [sys.executable, "-c", code],
@@ -96,7 +110,7 @@ class InstalledTests(unittest.TestCase):
             timeout=60,
             check=True,
         ).stdout.decode()
-        self.assertEqual(output.split(), ["True", "False"])
+        self.assertEqual(output.split(), ["True", "False", "False"])
 
 
 class ParseLimitTests(unittest.TestCase):
@@ -158,3 +172,81 @@ class SizeLimitHandlerTests(unittest.TestCase):
         self.assertEqual(
             REGISTRY.get_sample_value("sizelimit_results_total", {"result": "3"}), before + 1
         )
+
+
+class TwistdTests(unittest.TestCase):
+    """
+    A real C{twistd -n tcpdemo --handler sizelimit:16}, over loopback TCP.
+    """
+
+    LIMIT = 16
+
+    def test_resultsOverTCP(self) -> None:
+        """
+        Two connections pipeline Submits of every size around the limit: the
+        acks come in order, with result 0 up to 16 bytes and 3 above, and the
+        results are counted on /metrics, both by the handler's own counter
+        and by the server's acks by result.  SIGTERM then stops it cleanly.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        server = TwistdServer(workdir, ["--handler", f"sizelimit:{self.LIMIT}"])
+        self.addCleanup(server.kill)
+        # Sizes 0..40, many times over, so that reads carry batches of many.
+        payloads = [b"p" * (i % 41) for i in range(2000)]
+        expected = b"".join(
+            ackFrame(i, expectedResult(p, self.LIMIT)) for i, p in enumerate(payloads)
+        )
+        request = b"".join(submitFrame(i, p) for i, p in enumerate(payloads))
+        socks = [server.connect(), server.connect()]
+        for sock in socks:
+            self.addCleanup(sock.close)
+            sock.sendall(request)
+        for sock in socks:
+            self.assertEqual(recvExactly(sock, len(expected)), expected)
+
+        tooLarge = 2 * sum(1 for p in payloads if len(p) > self.LIMIT)
+        ok = 2 * len(payloads) - tooLarge
+        wanted = {
+            'sizelimit_results_total{result="0"}': ok,
+            'sizelimit_results_total{result="3"}': tooLarge,
+            'tcpdemo_acks_total{result="0"}': ok,
+            'tcpdemo_acks_total{result="3"}': tooLarge,
+            'tcpdemo_acks_total{result="1"}': 0,
+            'tcpdemo_acks_total{result="2"}': 0,
+        }
+
+        def counted() -> bool:
+            samples = server.scrape()
+            return all(samples.get(name) == value for name, value in wanted.items())
+
+        waitFor(counted, what=f"{wanted} on /metrics")
+        for sock in socks:
+            sock.close()
+        self.assertEqual(server.terminate(), 0, server.log())
+
+    def test_missingArgument(self) -> None:
+        """
+        C{--handler sizelimit} without a size stops twistd with the plugin's
+        one-line explanation.
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        process = subprocess.run(
+            [
+                *twistdCommand(), "-n", "--pidfile=", "--logfile", os.path.join(workdir, "log"),
+                "tcpdemo", "--port", "tcp:0:interface=127.0.0.1", "--metrics", "none",
+                "--handler", "sizelimit",
+            ],
+            cwd=workdir,
+            env=subprocessEnv(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        with open(os.path.join(workdir, "log"), "a+", encoding="utf-8") as f:
+            f.seek(0)
+            log = f.read()
+        output = process.stdout.decode() + process.stderr.decode() + log
+        self.assertNotEqual(process.returncode, 0, output)
+        self.assertIn("sizelimit needs a size", output)
