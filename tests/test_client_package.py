@@ -5,11 +5,17 @@ Tests for the L{tcpdemo.client} package as a whole: it stands on its own.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from typing import Any
 
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
+from tcpdemo.metrics import ServerMetrics
+from tcpdemo.protocol import TcpDemoServerFactory
+from tests.clientsupport import LOCALHOST, reactor
 from tests.support import REPO_ROOT, subprocessEnv
 
 #: Modules the client must not load: the server's, and the heavy libraries
@@ -80,3 +86,37 @@ class ImportIsolationTests(unittest.TestCase):
         modules = loadedBy("import tcpdemo.tap")
         self.assertIn("prometheus_client", serverModules(modules))
         self.assertIn("tcpdemo.protocol", serverModules(modules))
+
+
+class DocsExampleTests(unittest.TestCase):
+    """
+    The library example of docs/client.md runs as printed.
+    """
+
+    timeout = 60
+
+    def test_example(self) -> Any:
+        with open(os.path.join(REPO_ROOT, "docs", "client.md"), encoding="utf-8") as f:
+            text = f.read()
+        start = text.index("```python\n") + len("```python\n")
+        example = text[start : text.index("```", start)]
+        self.assertIn("from tcpdemo.client import", example)
+        factory = TcpDemoServerFactory(metrics=ServerMetrics.create())
+        port = reactor.listenTCP(0, factory, interface=LOCALHOST)
+        self.addCleanup(port.stopListening)
+        d = getProcessOutputAndValue(
+            sys.executable,
+            ["-c", example, f"tcp:{LOCALHOST}:{port.getHost().port}"],
+            env=subprocessEnv(),
+            path=REPO_ROOT,
+            reactor=reactor,
+        )
+
+        def check(result: tuple[bytes, bytes, int]) -> None:
+            out, err, code = result
+            self.assertEqual(code, 0, err)
+            self.assertEqual(
+                out.decode().splitlines(), ["hello -> 0", "1000 more, results: [0]"], err
+            )
+
+        return d.addCallback(check)
