@@ -67,7 +67,8 @@ class Options(usage.Options):
     synopsis = f"Usage: {PROG} [options]"
     longdesc = (
         "Load a tcpdemo server with Submits and check every SubmitAck: length, "
-        "command, result, and that its id is the next one owed on its connection. "
+        "command, and that its id is the next one owed on its connection; results "
+        "are counted (--fail-on-result makes a non-zero one an error). "
         "Prints a summary (throughput, latency percentiles, acks by result, errors, "
         "client CPU); exits 1 if anything was wrong, 2 if it could not connect, "
         "130 if interrupted. Without "
