@@ -494,6 +494,9 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         if not self._lost and not self._closed:
             self._write(data)
             self.factory.tally.bytesSent += len(data)
+            if self.timeOut is not None:
+                # A client waiting for a slow handler's acks is not idle.
+                self.resetTimeout()
         self.factory.runner.release(released)
         if self._closing and not self._closed and not queue:
             self._finish()

@@ -151,6 +151,29 @@ class OrderTests(HandlerTestCase):
             self.sample(svc, "tcpdemo_handler_batch_seconds_count"), len(batches)
         )
 
+    async def test_halfClose(self) -> None:
+        """
+        A client that shuts down its sending side after its Submits gets
+        every ack once the handler answers, then the close.
+        """
+        handler = ManualHandler()
+        svc = self.startService(handler, "--idle-timeout", "0.5")
+        client = await self.connect(svc)
+        for first in (1, 41, 81):
+            client.send(submits(range(first, first + 40)))
+            await waitUntil(lambda first=first: handler.handed == first + 39)  # type: ignore[misc]
+        client.transport.loseWriteConnection()  # type: ignore[union-attr]
+        # Longer than --idle-timeout in all: acks going out keep it open.
+        for index, (batch, d) in enumerate(handler.batches):
+            await sleep(0.35)
+            d.callback([index + 3] * batch.count)
+        expected = b""
+        number = 1
+        for index, (batch, _) in enumerate(handler.batches):
+            expected += acks(range(number, number + batch.count), index + 3)
+            number += batch.count
+        self.assertEqual(await client.closed, expected)
+
     async def test_ackHandlerOnHandlerPath(self) -> None:
         """
         The ack handler through the handler path answers exactly as the fast
