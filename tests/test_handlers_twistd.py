@@ -218,7 +218,8 @@ class SqliteTwistdTests(TestCase):
             capture_output=True,
             timeout=60,
         )
-        self.assertNotEqual(result.returncode, 0)
+        # twistd prints a usage error and exits; its status for one varies
+        # (1 on Twisted 25, 0 on 26.4), so the message is what is checked.
         output = (result.stdout + result.stderr).decode()
         self.assertIn(
             "--handler sqlite keeps one writer per store: use it with --workers 1", output
