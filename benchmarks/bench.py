@@ -63,9 +63,6 @@ from tcpdemo.limits import raiseFileLimit
 
 RESULTS = ROOT / "benchmarks" / "results"
 VENV = ROOT / "benchmarks" / ".venv"
-CONSTRAINTS = ROOT / "constraints" / "pypy39.txt"
-#: Used when the repository's constraints file is missing.
-FALLBACK_CONSTRAINTS = "cryptography<44\npyopenssl<24.3\n"
 
 PAYLOAD_SIZE = 20
 
@@ -148,14 +145,13 @@ def log(message: str) -> None:
 def pypyVenv(pypy: str) -> str:
     """
     The PyPy virtualenv with tcpdemo installed (editable) and its python;
-    created on first use under benchmarks/.venv, refreshed when setup.cfg or
-    the constraints change.
+    created on first use under benchmarks/.venv, refreshed when setup.cfg
+    changes (its install_requires caps what PyPy 3.9 needs capped).
     """
     venv = VENV / "pypy39"
     python = venv / "bin" / "python"
-    constraints = CONSTRAINTS.read_text() if CONSTRAINTS.exists() else FALLBACK_CONSTRAINTS
     stamp = hashlib.sha256(
-        ((ROOT / "setup.cfg").read_text() + constraints + pypy).encode()
+        ((ROOT / "setup.cfg").read_text() + pypy).encode()
     ).hexdigest()
     marker = venv / "tcpdemo-bench.stamp"
     if python.exists() and marker.exists() and marker.read_text() == stamp:
@@ -169,13 +165,11 @@ def pypyVenv(pypy: str) -> str:
     log(f"creating the PyPy environment in {venv} (once)")
     if not python.exists():
         subprocess.run([exe, "-m", "venv", str(venv)], check=True)
-    constraintsFile = venv / "constraints.txt"
-    constraintsFile.write_text(constraints)
     # "compat" editable mode: a .pth entry for the checkout, so that Twisted's
     # plugin discovery finds twisted/plugins/tcpdemo_plugin.py there (the
     # default import-hook mode hides it, and `twistd tcpdemo` is unknown).
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-c", str(constraintsFile),
+        [str(python), "-m", "pip", "install", "-q",
          "--config-settings", "editable_mode=compat", "-e", str(ROOT)],
         check=True,
     )

@@ -44,6 +44,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tcpdemo import profilegraph
+from tcpdemo.websites import quietSite
 
 try:
     import tracemalloc
@@ -623,8 +624,5 @@ def debugSite(reactor: _Clock, dot: str = profilegraph.DOT) -> Site:
     root = Resource()
     root.putChild(b"", cast(IResource, home))
     root.putChild(b"debug", cast(IResource, debug))
-    site = Site(root)
-    site.noisy = False
-    site.displayTracebacks = False
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return site
+    # Request bodies are refused unread (tcpdemo.websites).
+    return quietSite(cast(IResource, root))

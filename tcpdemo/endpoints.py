@@ -17,6 +17,8 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tcpdemo.startup import cannotListen
+
 #: Endpoint types whose listen() takes a backlog argument.
 _BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
 
@@ -40,11 +42,20 @@ class ListenerService(Service):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, description: str, factory: Factory[Any], what: str):
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        factory: Factory[Any],
+        what: str,
+        option: str = "--port",
+    ):
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.what = what
+        #: The command-line option that gave the endpoint, for errors.
+        self.option = option
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -59,13 +70,16 @@ class ListenerService(Service):
             self._listen()
 
     def _listen(self) -> None:
-        endpoint = serverFromString(self.reactor, self.description)
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except Exception:
+            raise cannotListen(self.option, self.description, Failure()) from None
         outcome: list[Any] = []
         endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
             raise RuntimeError(f"{self.description}: listen() did not complete at once")
         if isinstance(outcome[0], Failure):
-            outcome[0].raiseException()
+            raise cannotListen(self.option, self.description, outcome[0])
         self.port = outcome[0]
         self.log.info(
             "{what} listening on {address}", what=self.what, address=self.address()

@@ -18,7 +18,7 @@ workers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -320,42 +320,26 @@ class ReadTally:
                 metrics.acksFor(result).inc(count)
 
 
-class _BeforeRender(Resource):
-    """
-    Calls C{before} in the reactor thread, then renders C{resource}.
-    """
-
-    isLeaf = True
-
-    def __init__(self, resource: IResource, before: Callable[[], None]) -> None:
-        Resource.__init__(self)
-        self.resource = resource
-        self.before = before
-
-    def render(self, request: Any) -> Any:
-        self.before()
-        return self.resource.render(request)
-
-
 def metricsSite(
-    registry: CollectorRegistry, beforeScrape: Callable[[], None] | None = None
+    registry: CollectorRegistry,
+    beforeScrape: Callable[[], None] | None = None,
+    reactor: Any = None,
 ) -> Site:
     """
-    A web site serving C{registry} at C{/metrics}, for the server's reactor;
-    C{beforeScrape} is called first, in the reactor thread (the registry is
-    read in a thread of the reactor's pool).
+    A web site serving C{registry} at C{/metrics} from C{reactor} (by
+    default the global one), at a bounded cost whatever the scrape rate
+    (L{tcpdemo.scrape}); C{beforeScrape} is called in the reactor thread
+    before each rendering (the registry is read in a thread of the
+    reactor's pool).  Request bodies are refused unread
+    (L{tcpdemo.websites}).
     """
-    # Imported here: prometheus_client.twisted imports the global reactor,
-    # which must not happen before twistd has installed the chosen one.
-    from prometheus_client.twisted import MetricsResource
+    from tcpdemo.scrape import ScrapeResource
+    from tcpdemo.websites import quietSite
 
+    if reactor is None:
+        # Imported here: the global reactor must not be imported before
+        # twistd has installed the chosen one.
+        from twisted.internet import reactor
     root = Resource()
-    resource: IResource = MetricsResource(registry=registry)
-    if beforeScrape is not None:
-        resource = _BeforeRender(resource, beforeScrape)
-    root.putChild(b"metrics", resource)
-    site = Site(root)
-    site.noisy = False
-    # No access-log line per scrape: one every few seconds is noise.
-    site.log = lambda request: None  # type: ignore[method-assign]
-    return site
+    root.putChild(b"metrics", cast(IResource, ScrapeResource(reactor, registry, beforeScrape)))
+    return quietSite(cast(IResource, root))

@@ -27,11 +27,17 @@ C{tcpdemo_worker_client_connected} shows the split.
 The parent supervises: it restarts a worker that dies (after 0.5 s, doubling
 to 30 s for a worker that keeps dying, back to 0.5 s once one has lived
 60 s), logs one line per death and per start, and counts restarts in
-C{tcpdemo_worker_restarts_total}.  On SIGTERM it closes its copy of the
-socket, sends SIGTERM to every worker (each delivers its owed acks within
-C{--grace-period}, as a single-process server does), waits for them, and
-exits 0 if every worker did.  A worker also stops, the same way, when the
-parent goes away (its standard input, a pipe from the parent, closes).
+C{tcpdemo_worker_restarts_total}.  With C{SO_REUSEPORT} sockets (the
+default, L{WorkerSockets}) it closes a dead worker's socket at once, so
+that no new connection waits for the replacement, which gets a fresh one.
+A SIGKILLed worker's counts of its last L{tcpdemo.metrics.FLUSH_DELAY}
+(0.1 s) are lost: what it had not yet moved into its metrics file.
+
+On SIGTERM the parent closes its copy of the socket, sends SIGTERM to
+every worker (each delivers its owed acks within C{--grace-period}, as a
+single-process server does), waits for them, and exits 0 if every worker
+did.  A worker also stops, the same way, when the parent goes away (its
+standard input, a pipe from the parent, closes).
 
 Metrics: the parent makes a private directory for prometheus_client's
 multiprocess mode, passes it to the workers as C{PROMETHEUS_MULTIPROC_DIR}
@@ -73,6 +79,7 @@ import tcpdemo
 from tcpdemo.aggregation import workersRegistry
 from tcpdemo.endpoints import ListenerService, withBacklog
 from tcpdemo.metrics import metricsSite
+from tcpdemo.startup import cannotListen
 
 if TYPE_CHECKING:
     from tcpdemo.tap import Options
@@ -212,9 +219,15 @@ class WorkerSockets(Service):
     the parent's reactor: the workers accept from them.  With
     C{reuseport}, one C{SO_REUSEPORT} socket per worker (all bound by the
     parent, so port 0 works and nobody else's socket is in the group when
-    the parent starts); with C{shared}, one socket for all of them.  The
-    parent holds every socket for its whole life: connections that arrive
-    while a worker is being replaced wait in its socket's queue.
+    the parent starts); with C{shared}, one socket for all of them.
+
+    With C{reuseport}, a dead worker's socket is closed at once (L{release}),
+    so that the kernel hashes new connections onto the live workers' sockets
+    only, rather than queueing them for a replacement that may be seconds
+    away; its replacement gets a fresh socket (L{fileno}).  Connections
+    already in the dead socket's queue are reset by the close.  The shared
+    socket is held for the parent's whole life: live workers keep accepting
+    from it.
     """
 
     log = Logger()
@@ -224,7 +237,10 @@ class WorkerSockets(Service):
         self.description = description
         self.count = count
         self.mode = mode
-        self.ports: list[tcp.Port] = []
+        #: By worker slot (reuseport), or the one shared socket; None: a
+        #: dead worker's, closed until its replacement starts.
+        self.ports: list[tcp.Port | None] = []
+        self._bound: tuple[int, int, str] | None = None
         self.factory = Factory()
         self.factory.noisy = False
 
@@ -250,9 +266,10 @@ class WorkerSockets(Service):
         endpoint.listen(self.factory).addBoth(outcome.append)
         if isinstance(outcome[0], Failure):
             for port in self.ports:
-                port.stopListening()
+                if port is not None:
+                    port.stopListening()
             self.ports = []
-            outcome[0].raiseException()
+            raise cannotListen("--port", self.description, outcome[0])
         how = (
             f"{len(self.ports)} SO_REUSEPORT sockets, one per worker"
             if self.mode == "reuseport"
@@ -265,35 +282,68 @@ class WorkerSockets(Service):
     def _listenTCP(
         self, port: int, factory: Factory[Any], backlog: int = 50, interface: str = ""
     ) -> tcp.Port:
-        portType = _ReusePortTCP if self.mode == "reuseport" else tcp.Port
         for _ in range(self.count if self.mode == "reuseport" else 1):
-            listening = portType(port, factory, backlog, interface, self.reactor)
-            listening.startListening()
-            # The workers accept; this process only holds the socket open.
-            listening.stopReading()
+            listening = self._open(port, backlog, interface)
             self.ports.append(listening)
             # The others join the first one's port (port 0: the one chosen).
             port = listening.getHost().port
-        return self.ports[0]
+            self._bound = (port, backlog, interface)
+        first = self.ports[0]
+        assert first is not None
+        return first
+
+    def _open(self, port: int, backlog: int, interface: str) -> tcp.Port:
+        portType = _ReusePortTCP if self.mode == "reuseport" else tcp.Port
+        listening = portType(port, self.factory, backlog, interface, self.reactor)
+        listening.startListening()
+        # The workers accept; this process only holds the socket open.
+        listening.stopReading()
+        return listening
 
     def fileno(self, worker: int) -> int:
         """
-        The socket of worker number C{worker} (from 1).
+        The socket of worker number C{worker} (from 1), opened again if
+        L{release}d.  Raises L{error.CannotListenError} if it cannot be.
         """
-        return int(self.ports[(worker - 1) % len(self.ports)].fileno())
+        index = (worker - 1) % len(self.ports)
+        listening = self.ports[index]
+        if listening is None:
+            assert self._bound is not None
+            listening = self.ports[index] = self._open(*self._bound)
+        return int(listening.fileno())
+
+    def release(self, worker: int) -> None:
+        """
+        Worker number C{worker} died: with C{reuseport}, close its socket
+        now, taking it out of the port's group.
+        """
+        if self.mode != "reuseport" or not self.ports:
+            return
+        index = (worker - 1) % len(self.ports)
+        listening, self.ports[index] = self.ports[index], None
+        if listening is not None:
+            listening.stopListening()
+
+    def _any(self) -> tcp.Port:
+        for listening in self.ports:
+            if listening is not None:
+                return listening
+        raise RuntimeError("no listening socket")
 
     def familyName(self) -> str:
-        family = getattr(self.ports[0], "addressFamily", socket.AF_INET)
+        family = getattr(self._any(), "addressFamily", socket.AF_INET)
         return "INET6" if family == socket.AF_INET6 else "INET"
 
     def address(self) -> str:
-        host = self.ports[0].getHost()
+        host = self._any().getHost()
         return f"{host.type.lower()}:{host.host}:{host.port}"
 
     def stopService(self) -> Any:
         Service.stopService(self)
         ports, self.ports = self.ports, []
-        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
+        return defer.gatherResults(
+            [defer.maybeDeferred(p.stopListening) for p in ports if p is not None]
+        )
 
 
 class WorkerSupervisor(MultiService):
@@ -351,6 +401,7 @@ class WorkerSupervisor(MultiService):
                 withBacklog(options["metrics"], options["backlog"]),
                 metricsSite(self.registry),
                 "tcpdemo metrics (/metrics)",
+                option="--metrics",
             )
             self.metricsListener.setServiceParent(self)
 
@@ -396,15 +447,16 @@ class WorkerSupervisor(MultiService):
         ]
         protocol = WorkerProcessProtocol(self, worker)
         try:
+            fd = self.server.fileno(worker.number)
             process = self.reactor.spawnProcess(
                 protocol,
                 sys.executable,
                 args,
                 env=self._environment(),
                 path=None,
-                childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: self.server.fileno(worker.number)},
+                childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: fd},
             )
-        except OSError as e:
+        except (OSError, error.CannotListenError) as e:
             self.log.error("worker {worker} could not be started: {error}", worker=worker.number,
                            error=e)
             worker.started = self.reactor.seconds()
@@ -464,6 +516,9 @@ class WorkerSupervisor(MultiService):
     def workerEnded(self, worker: _Worker, reason: Failure) -> None:
         pid = worker.pid
         worker.process = None
+        if not self.stopping:
+            # No new connection may wait for the replacement.
+            self.server.release(worker.number)
         self._updatePids()
         if pid is not None and self.metricsDirectory is not None:
             mark_process_dead(pid, self.metricsDirectory)

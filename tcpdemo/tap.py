@@ -22,7 +22,7 @@ from tcpdemo.handlers import HandlerArgumentError, ISubmitHandler, findMaker
 from tcpdemo.handlers.ack import AckHandler
 from tcpdemo.limits import raiseFileLimit
 from tcpdemo.metrics import ServerMetrics, metricsSite
-from tcpdemo.optiontypes import nonNegativeFloat, positiveInt
+from tcpdemo.optiontypes import nonNegativeFloat, nonNegativeInt, positiveInt
 from tcpdemo.pending import (
     DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_MAX_PENDING,
@@ -35,6 +35,11 @@ from tcpdemo.protocol import (
     DEFAULT_WRITE_BUFFER_LIMIT,
     TcpDemoServerFactory,
 )
+from tcpdemo.startup import (
+    checkServerEndpoint,
+    exitOnUsageError,
+    reportStartupErrorsAsOneLine,
+)
 
 DEFAULT_PORT = "tcp:8888"
 DEFAULT_METRICS = "tcp:8889"
@@ -42,16 +47,23 @@ DEFAULT_BACKLOG = 4096
 DEFAULT_GRACE_PERIOD = 10.0
 
 def _frameLength(value: str) -> int:
-    number = int(value)
+    wanted = f"an integer from {MIN_FRAME_LENGTH} to {2**31 - 1}"
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"must be {wanted}, not {value!r}") from None
     if number < MIN_FRAME_LENGTH or number > 2**31 - 1:
-        raise ValueError(f"must be between {MIN_FRAME_LENGTH} and 2**31-1, not {value}")
+        raise ValueError(f"must be {wanted}, not {value}")
     return number
 
 
 def _workers(value: str) -> int:
     if value.strip().lower() == "auto":
         return os.cpu_count() or 1
-    return positiveInt(value)
+    try:
+        return positiveInt(value)
+    except ValueError:
+        raise ValueError(f"must be a positive integer or 'auto', not {value!r}") from None
 
 
 #: --worker-sockets values.
@@ -70,6 +82,21 @@ WORKER_ENDPOINT_TYPES = ("tcp", "tcp6")
 
 def _endpointOrNone(value: str) -> str | None:
     return None if value.lower() in ("", "none", "off") else value
+
+
+class _NamedCoerce(usage.CoerceParameter):
+    """
+    Coerces an option's value, naming the option and the value in the
+    error: C{--workers '0': must be a positive integer or 'auto', not '0'}.
+    """
+
+    def dispatch(self, parameterName: str, value: str | None) -> None:
+        if value is None:
+            raise usage.UsageError(f"--{parameterName} needs a value")
+        try:
+            self.options.opts[parameterName] = self.coerce(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{parameterName} {value!r}: {e}") from None
 
 
 class Options(usage.Options):
@@ -115,7 +142,7 @@ class Options(usage.Options):
             None,
             0,
             "Refuse connections beyond this many open ones (0: no limit).",
-            int,
+            nonNegativeInt,
         ],
         [
             "idle-timeout",
@@ -215,9 +242,32 @@ class Options(usage.Options):
         ],
     ]
 
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        # Every coerced option's error names the option (usage.Options says
+        # only "Parameter type enforcement failed").
+        for name, dispatcher in list(self._dispatch.items()):
+            if type(dispatcher) is usage.CoerceParameter:
+                self._dispatch[name] = _NamedCoerce(self, dispatcher.coerce)
+
+    def parseOptions(self, options: Any = None) -> None:
+        """
+        Parse; under twistd (a parent command), report a usage error as one
+        line and exit 2 rather than raise, and report a failure to listen
+        as one line too (L{tcpdemo.startup}).
+        """
+        if getattr(self, "parent", None) is None:
+            usage.Options.parseOptions(self, options)
+            return
+        reportStartupErrorsAsOneLine()
+        exitOnUsageError(lambda: usage.Options.parseOptions(self, options))
+
     def postOptions(self) -> None:
-        if self["max-connections"] < 0:
-            raise usage.UsageError("--max-connections must be >= 0")
+        # Endpoints are parsed (and their TLS files read) now, so that a bad
+        # one stops the start with one line before anything listens.
+        for option in ("port", "metrics", "debug"):
+            if self[option] is not None:
+                checkServerEndpoint(f"--{option}", self[option])
         if self["debug"] is not None:
             from tcpdemo.debug import requireLoopback
 
@@ -305,6 +355,7 @@ class TcpDemoService(MultiService):
                 withBacklog(metrics, backlog),
                 metricsSite(factory.metrics.registry, beforeScrape=factory.tally.flush),
                 "tcpdemo metrics (/metrics)",
+                option="--metrics",
             )
             self.metricsListener.setServiceParent(self)
         self.debugListener: ListenerService | None = None
@@ -312,7 +363,7 @@ class TcpDemoService(MultiService):
             from tcpdemo.debug import debugSite
 
             self.debugListener = ListenerService(
-                reactor, debug, debugSite(reactor), "tcpdemo debug (/debug/)"
+                reactor, debug, debugSite(reactor), "tcpdemo debug (/debug/)", option="--debug"
             )
             self.debugListener.setServiceParent(self)
 

@@ -189,9 +189,10 @@ class ServiceTests(TestCase):
         options = tap.Options()
         options.parseOptions(["--port", f"tcp:{port}:interface=127.0.0.1", "--metrics", "none"])
         clash = tap.makeService(options, reactor, CollectorRegistry())
-        from twisted.internet.error import CannotListenError
+        from tcpdemo.startup import StartupError
 
-        self.assertRaises(CannotListenError, clash.privilegedStartService)
+        error = self.assertRaises(StartupError, clash.privilegedStartService)
+        self.assertIn(f"--port: cannot listen on 127.0.0.1:{port}", str(error))
 
 
 def deferLater(seconds: float) -> defer.Deferred[None]:
