@@ -36,6 +36,7 @@ from tcpdemo.protocol import (
     TcpDemoServerFactory,
 )
 from tcpdemo.startup import (
+    StartupError,
     checkServerEndpoint,
     exitOnUsageError,
     reportStartupErrorsAsOneLine,
@@ -424,7 +425,13 @@ class TcpDemoService(MultiService):
         self._handlerStarted = True
         self.log.info("handler {name} started", name=self._handlerName())
         if self.running:
-            MultiService.startService(self)
+            try:
+                MultiService.startService(self)
+            except StartupError as e:
+                # Too late to end twistd's start: one line, and stop.
+                self.log.error("cannot start: {error}", error=str(e))
+                self.startFailed = True
+                self.reactor.stop()
 
     def _handlerFailedLater(self, failure: Failure) -> None:
         # Too late for a SystemExit: say why in one line and stop.
