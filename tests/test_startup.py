@@ -48,7 +48,8 @@ class StartupErrorTests(SynchronousTestCase):
             env=subprocessEnv(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
-            timeout=60,
+            # Generous: four at a time, on a shared 2-core machine.
+            timeout=180,
         )
         text = ""
         if os.path.exists(log):
