@@ -455,6 +455,23 @@ class WrongServerTests(ClientTestsMixin, unittest.TestCase):
         yield self.waitClosed(factory)
 
 
+    @defer.inlineCallbacks
+    def test_closeTimeout(self) -> Any:
+        """
+        close(timeout) does not wait for ever on a server that forgot acks:
+        past the timeout it aborts, and the Submits owed fail.
+        """
+        factory = self.fake(Forgets)  # acks the first 6 only
+        client = yield self.connectTo(factory)
+        ds = [client.submit(b"x") for _ in range(10)]
+        yield defer.gatherResults(ds[:6])
+        yield client.close(timeout=0.2)
+        for d in ds[6:]:
+            error = yield self.assertFailure(d, ConnectionLost)
+        self.assertIn("4 Submit(s) outstanding", str(error))
+        yield self.waitClosed(factory)
+
+
 class AsyncioReactorTests(unittest.TestCase):
     """
     The library under Twisted's asyncio reactor, in a child process that

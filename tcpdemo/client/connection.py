@@ -419,12 +419,20 @@ class Client:
         """
         return self._protocol.outstanding()
 
-    def close(self) -> defer.Deferred[None]:
+    def close(self, timeout: float | None = None) -> defer.Deferred[None]:
         """
         Take no more Submits; wait for the acks owed, then close.  Fires
         when the connection is closed.
+
+        @param timeout: seconds to wait for the acks owed; past them the
+            connection is aborted (the Submits still outstanding fail with
+            L{ConnectionLost}).  By default it waits as long as it takes.
         """
-        return self._protocol.close()
+        closed = self._protocol.close()
+        if timeout is not None and not closed.called:
+            call = self._reactor.callLater(timeout, self.abort)
+            closed.addBoth(lambda result: call.cancel() if call.active() else None)
+        return closed
 
     def abort(self) -> None:
         """
