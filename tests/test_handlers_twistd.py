@@ -155,6 +155,53 @@ class HandlerTwistdTests(TestCase):
         self.assertEqual(metric(samples, "tcpdemo_handler_pending"), 0)
 
 
+class HandlerWorkersTests(TestCase):
+    def test_workersRunTheHandler(self) -> None:
+        """
+        With --workers 2 each worker runs the handler: every connection gets
+        its acks, and the parent's /metrics sums the workers' handler
+        metrics.
+        """
+        from .support import waitForWorkers, workerPids
+
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        server = TwistdServer(
+            workdir,
+            ["--workers", "2", "--handler", "test-delay:0.05"],
+            extraPath=[pluginPath(os.path.join(workdir, "p"))],
+        )
+
+        def killAll() -> None:
+            for pid in workerPids(server.log()).values():
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
+            server.kill()
+
+        self.addCleanup(killAll)
+        waitForWorkers(server, 2)
+        socks = [server.connect() for _ in range(8)]
+        for sock in socks:
+            sock.sendall(submits(500))
+        for sock in socks:
+            self.assertEqual(recvExactly(sock, 14 * 500), acks(500))
+
+        def counted() -> bool:
+            samples = server.scrape()
+            return metric(samples, 'tcpdemo_acks_total{result="0"}', 0) == 4000
+
+        waitFor(counted, what="the workers' acks in the parent's /metrics")
+        samples = server.scrape()
+        self.assertEqual(metric(samples, "tcpdemo_handler_pending"), 0)
+        self.assertGreater(metric(samples, "tcpdemo_handler_batch_seconds_count"), 0)
+        self.assertGreaterEqual(metric(samples, "tcpdemo_handler_batch_seconds_sum"), 0.05)
+        for sock in socks:
+            sock.close()
+        self.assertEqual(server.terminate(), 0, server.log())
+
+
 class SqliteTwistdTests(TestCase):
     def test_roundTrip(self) -> None:
         """
