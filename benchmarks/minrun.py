@@ -1,5 +1,5 @@
 """
-The micro-benchmark behind C{MIN_RUN} (tcpdemo/protocol.py): the cost of
+The micro-benchmark behind C{MIN_RUN} (tcpdemo/scan.py, the pure-Python versions): the cost of
 answering one read of C{n} equal Submits through L{submitRunAcks} (the
 strided path) and through L{scanSubmits}' per-frame loop, for several C{n}.
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 import struct
 import timeit
 
-from tcpdemo.protocol import _acks, scanSubmits, submitRunAcks
+from tcpdemo.scan import pureAcks as _acks
+from tcpdemo.scan import pureScanSubmits as scanSubmits
+from tcpdemo.scan import pureSubmitRunAcks as submitRunAcks
 
 COUNTS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 64, 128, 256, 1000)
 MAX_LENGTH = 1 << 20

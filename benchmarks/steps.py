@@ -58,7 +58,9 @@ from tcpdemo.packet import (
     decode,
     encode,
 )
-from tcpdemo.protocol import TcpDemoServerProtocol, scanSubmits, submitRunAcks
+from tcpdemo.protocol import TcpDemoServerProtocol
+from tcpdemo.scan import pureScanSubmits as scanSubmits
+from tcpdemo.scan import pureSubmitRunAcks as submitRunAcks
 
 #: Commit 4f851ad's ack encoding: the 14 bytes of a SubmitAck but its id.
 _ACK_HEAD = frame(encode(SubmitAck(b"\0" * ID_SIZE)))[: -ID_SIZE - 1]

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpdemo import readinto
-from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, HEADER_SIZE, LENGTH, FrameReceiver, frame
+from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, FrameReceiver, frame
 from tcpdemo.lograte import LineBudget
 from tcpdemo.metrics import ReadTally, ServerMetrics
 from tcpdemo.packet import (
@@ -44,6 +44,9 @@ from tcpdemo.packet import (
     encode,
 )
 from tcpdemo.readinto import installReadInto
+from tcpdemo.scan import MIN_RUN
+from tcpdemo.scan import acks as _acks
+from tcpdemo.scan import submitAcks as submitAcks
 
 #: The protocol_errors reason of a connection closed because its partial
 #: frame was the largest when partial frames held more than
@@ -52,13 +55,6 @@ MEMORY_BUDGET = "memory_budget"
 
 #: Commands only a server sends: a client sending one is refused.
 _SENT_BY_SERVERS = (ConnAck, SubmitAck)
-
-#: A SubmitAck is the same 14 bytes but for its id: the frame header and
-#: command byte before it, the result byte after it.
-_ACK_HEAD = frame(encode(SubmitAck(b"\0" * ID_SIZE)))[: -ID_SIZE - 1]
-_ACK_OK_TAIL = bytes((RESULT_OK,))
-#: Joining ids with this separator yields back-to-back acks (see L{_acks}).
-_ACK_SEPARATOR = _ACK_OK_TAIL + _ACK_HEAD
 
 DEFAULT_WRITE_BUFFER_LIMIT = 256 * 1024
 
@@ -103,109 +99,6 @@ def directSendMissing(transport: object) -> list[str] | None:
 #: The two ConnAcks, framed once.
 _CONNACK_OK = frame(encode(ConnAck(RESULT_OK)))
 _CONNACK_ERROR = frame(encode(ConnAck(RESULT_ERROR)))
-
-
-def _acks(ids: list[bytes]) -> bytes:
-    """
-    Encode one successful SubmitAck per id, back to back.
-    """
-    return _ACK_HEAD + _ACK_SEPARATOR.join(ids) + _ACK_OK_TAIL
-
-
-_ID_START = HEADER_SIZE + 1
-_SUBMIT_FRAME_MIN = _ID_START + ID_SIZE
-#: One successful SubmitAck with a zero id, for L{submitRunAcks} to fill in.
-_ACK_TEMPLATE = _ACK_HEAD + b"\0" * ID_SIZE + _ACK_OK_TAIL
-_ACK_SIZE = len(_ACK_TEMPLATE)
-_unpackLength = LENGTH.unpack_from
-
-#: The shortest run L{submitRunAcks} takes: its strided checks and copies
-#: cost a few microseconds whatever the count, and a read of fewer Submits
-#: goes faster through L{scanSubmits}'s loop (break-even near 16 frames on
-#: CPython 3.11, 128 on PyPy 3.9).
-MIN_RUN = 16
-
-
-def _equalFrames(data: bytes, length: int, count: int) -> bool:
-    """
-    Whether the first C{count} frames of C{length} bytes in C{data} all have
-    the first one's five header bytes: strided slices, compared in C.
-    """
-    end = count * length
-    return all(data[i:end:length] == data[i : i + 1] * count for i in range(_ID_START))
-
-
-def submitRunAcks(
-    data: bytes, maxLength: int, minRun: int = MIN_RUN
-) -> tuple[int, int, bytes]:
-    """
-    The fastest path, for what load generators send: if C{data} starts with
-    a run of C{minRun} (at least 1) or more complete, well-formed Submit
-    frames all of one size, return C{(end, count, acks)} -- where the run
-    ends, how many frames it has, and their SubmitAcks back to back -- else
-    C{(0, 0, b"")}.
-
-    No object is made per Submit: the five header bytes of every frame are
-    checked with strided slices (L{_equalFrames}), and the ids are copied
-    into C{count} ack templates with eight strided slice assignments (byte
-    I{j} of every id at once), all in C.
-    """
-    size = len(data)
-    if size < minRun * _SUBMIT_FRAME_MIN:
-        return 0, 0, b""
-    (length,) = _unpackLength(data, 0)
-    if not _SUBMIT_FRAME_MIN <= length <= maxLength or data[HEADER_SIZE] != SUBMIT:
-        return 0, 0, b""
-    count = size // length
-    if count < minRun:
-        return 0, 0, b""
-    if not _equalFrames(data, length, count):
-        # Something else follows the run: find where, by bisection (the
-        # first frame is known good), rather than give up on the run.
-        good, bad = 1, count
-        while bad - good > 1:
-            middle = (good + bad) // 2
-            if _equalFrames(data, length, middle):
-                good = middle
-            else:
-                bad = middle
-        count = good
-        if count < minRun:
-            return 0, 0, b""
-    end = count * length
-    acks = bytearray(_ACK_TEMPLATE * count)
-    for j in range(_ID_START, _ID_START + ID_SIZE):
-        acks[j::_ACK_SIZE] = data[j:end:length]
-    return end, count, bytes(acks)
-
-
-def scanSubmits(data: bytes, maxLength: int, ids: list[bytes], start: int = 0) -> int:
-    """
-    The fast path for Submits of varied sizes: from C{start}, append the id
-    of every complete, well-formed Submit frame to C{ids}, one frame at a
-    time as tight as Python allows; return where the first other frame (or
-    incomplete frame) starts.
-
-    Like L{submitRunAcks}, it makes the same decisions as
-    C{FrameReceiver.dataReceived} followed by L{decode} -- the tests check
-    that they agree on every input -- but stops rather than decide anything
-    unusual, which the general path then does.
-    """
-    size = len(data)
-    offset = start
-    append = ids.append
-    while size - offset >= _SUBMIT_FRAME_MIN:
-        (length,) = _unpackLength(data, offset)
-        end = offset + length
-        if (
-            not _SUBMIT_FRAME_MIN <= length <= maxLength
-            or data[offset + HEADER_SIZE] != SUBMIT
-            or end > size
-        ):
-            break
-        append(data[offset + _ID_START : offset + _SUBMIT_FRAME_MIN])
-        offset = end
-    return offset
 
 
 def describePeer(address: IAddress | None) -> str:
@@ -274,7 +167,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
     _nextTurnCall: IDelayedCall | None = None
     #: The most one read takes (see L{connectionMade}).
     readSize = READ_SIZE
-    #: The shortest run of Submits answered by L{submitRunAcks}.
+    #: The shortest run of equal Submits the pure L{submitAcks} answers in bulk.
     minRun = MIN_RUN
 
     def connectionMade(self) -> None:
@@ -347,14 +240,12 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             buffered = self._unprocessed
             alldata = buffered + data if buffered else data
             self._unprocessed = b""
-            maxLength = self.MAX_LENGTH
-            end, count, acks = submitRunAcks(alldata, maxLength, self.minRun)
+            end, count, acks = submitAcks(alldata, self.MAX_LENGTH, 0, self.minRun)
             if count:
                 self._moveIdsToOut()
                 self._out.append(acks)
                 self._answered += count
-            offset = scanSubmits(alldata, maxLength, self._ids, end)
-            data = alldata[offset:] if offset else alldata
+            data = alldata[end:] if end else alldata
         FrameReceiver.dataReceived(self, data)
 
     def stringReceived(self, string: bytes) -> None:

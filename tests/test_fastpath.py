@@ -1,10 +1,15 @@
 """
-The server's fast paths (L{submitRunAcks} for runs of equal Submits, then
-L{scanSubmits}) must make exactly the decisions of the general path (the
-frame layer, then L{decode}) on every input, and answer the same bytes.
+The server's fast paths (the pure L{submitRunAcks} for runs of equal
+Submits, then L{scanSubmits}, together L{pureSubmitAcks}; or the compiled
+C{submitAcks}, see tests/test_scan.py) must make exactly the decisions of
+the general path (the frame layer, then L{decode}) on every input, and
+answer the same bytes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,16 +17,14 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from tcpdemo import protocol, scan
 from tcpdemo.frame import FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.packet import ProtocolError, Submit, SubmitAck, decode, encode
-from tcpdemo.protocol import (
-    MIN_RUN,
-    TcpDemoServerFactory,
-    TcpDemoServerProtocol,
-    scanSubmits,
-    submitRunAcks,
-)
+from tcpdemo.protocol import TcpDemoServerFactory, TcpDemoServerProtocol
+from tcpdemo.scan import MIN_RUN
+from tcpdemo.scan import pureScanSubmits as scanSubmits
+from tcpdemo.scan import pureSubmitRunAcks as submitRunAcks
 
 from .test_protocol import PEER, RecordingTransport
 
@@ -194,6 +197,21 @@ def run(
     return transport.value(), transport.disconnecting, errors
 
 
+@contextmanager
+def _purePath() -> Iterator[None]:
+    """
+    The server with the pure-Python versions, whatever L{scan} chose.
+    """
+    saved = protocol.submitAcks, getattr(protocol, "_acks")  # noqa: B009
+    protocol.submitAcks = scan.pureSubmitAcks
+    setattr(protocol, "_acks", scan.pureAcks)  # noqa: B010
+    try:
+        yield
+    finally:
+        protocol.submitAcks = saved[0]
+        setattr(protocol, "_acks", saved[1])  # noqa: B010
+
+
 class ProtocolEquivalenceTests(SynchronousTestCase):
     @given(streams, st.lists(st.integers(0, 2000), max_size=8), maxLengths)
     def test_sameAnswers(self, data: bytes, cuts: list[int], maxLength: int) -> None:
@@ -202,7 +220,8 @@ class ProtocolEquivalenceTests(SynchronousTestCase):
         stream, cut anywhere, and the same errors are counted.
         """
         cuts = [c for c in cuts if c <= len(data)]
-        self.assertEqual(
-            run(TcpDemoServerProtocol, data, cuts, maxLength),
-            run(SlowProtocol, data, cuts, maxLength),
-        )
+        slow = run(SlowProtocol, data, cuts, maxLength)
+        self.assertEqual(run(TcpDemoServerProtocol, data, cuts, maxLength), slow)
+        # And with the pure versions where the compiled ones are in use.
+        with _purePath():
+            self.assertEqual(run(TcpDemoServerProtocol, data, cuts, maxLength), slow)
