@@ -163,6 +163,10 @@ class Server:
             env["PYTHONPATH"] = str(ROOT)
         elif self.productOptions() is None:
             env["TCPDEMO_STEP"] = self.kind
+            # The steps predate the compiled fast path (tcpdemo._scan): steps
+            # 6 and 7 inherit the product's dataReceived, so they would
+            # otherwise run it on CPython.
+            env["TCPDEMO_NO_ACCEL"] = "1"
             env["TCPDEMO_STEP_ARGS"] = shlex.join(self.serverOptions())
         return env
 
