@@ -207,8 +207,69 @@ submitAcks(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(nnN)", offset, count, result);
 }
 
+PyDoc_STRVAR(scanSubmits_doc,
+             "scanSubmits(data, maxLength, ids, start=0, /) -> int\n\n"
+             "As tcpdemo.scan.pureScanSubmits, compiled (one bytes object per id,\n"
+             "which the caller asked for).");
+
+static PyObject *
+scanSubmits(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data, *ids;
+    long long maxLength, start = 0;
+    Py_ssize_t size, offset;
+    const unsigned char *p;
+
+    if (nargs < 3 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "scanSubmits takes 3 or 4 positional arguments");
+        return NULL;
+    }
+    data = args[0];
+    ids = args[2];
+    if (checkBytes(data) < 0 || asBound(args[1], &maxLength) < 0 ||
+        (nargs == 4 && asBound(args[3], &start) < 0)) {
+        return NULL;
+    }
+    if (!PyList_Check(ids)) {
+        PyErr_Format(PyExc_TypeError, "ids must be a list, not %.100s", Py_TYPE(ids)->tp_name);
+        return NULL;
+    }
+    if (start < 0) {
+        PyErr_SetString(PyExc_ValueError, "start must not be negative");
+        return NULL;
+    }
+    size = PyBytes_GET_SIZE(data);
+    if (start > (long long)size) {
+        return PyLong_FromLongLong(start);
+    }
+    p = (const unsigned char *)PyBytes_AS_STRING(data);
+    offset = (Py_ssize_t)start;
+    while (size - offset >= SUBMIT_FRAME_MIN) {
+        const unsigned char *f = p + offset;
+        long long length = frameLength(f);
+        PyObject *ident;
+        int failed;
+        if (length < SUBMIT_FRAME_MIN || length > maxLength || f[HEADER_SIZE] != SUBMIT ||
+            length > (long long)(size - offset)) {
+            break;
+        }
+        ident = PyBytes_FromStringAndSize((const char *)f + ID_START, ID_SIZE);
+        if (ident == NULL) {
+            return NULL;
+        }
+        failed = PyList_Append(ids, ident);
+        Py_DECREF(ident);
+        if (failed < 0) {
+            return NULL;
+        }
+        offset += (Py_ssize_t)length;
+    }
+    return PyLong_FromSsize_t(offset);
+}
+
 static PyMethodDef methods[] = {
     {"acks", (PyCFunction)acks, METH_O, acks_doc},
+    {"scanSubmits", (PyCFunction)(void (*)(void))scanSubmits, METH_FASTCALL, scanSubmits_doc},
     {"submitAcks", (PyCFunction)(void (*)(void))submitAcks, METH_FASTCALL, submitAcks_doc},
     {NULL, NULL, 0, NULL},
 };

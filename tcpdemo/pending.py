@@ -39,8 +39,8 @@ from tcpdemo.protocol import (
     TcpDemoServerFactory,
     TcpDemoServerProtocol,
     describePeer,
-    scanSubmits,
 )
+from tcpdemo.scan import scanSubmits
 
 #: Seconds a batch may take before its Submits get result 2.  Long enough
 #: for any healthy store (an fsync under load is milliseconds), short

@@ -187,9 +187,17 @@ class _SubmitAcks(Protocol):
     ) -> tuple[int, int, bytes]: ...
 
 
+class _ScanSubmits(Protocol):
+    def __call__(
+        self, data: bytes, maxLength: int, ids: list[bytes], start: int = ..., /
+    ) -> int: ...
+
+
 #: The versions in use (positional arguments only, as the compiled ones take).
 acks: _Acks = pureAcks
 submitAcks: _SubmitAcks = pureSubmitAcks
+#: For callers that need the ids themselves (the handler path, tcpdemo.pending).
+scanSubmits: _ScanSubmits = pureScanSubmits
 #: Whether they are the compiled versions.
 ACCELERATED = False
 
@@ -201,4 +209,5 @@ if not _disabled():
     else:
         acks = _scan.acks
         submitAcks = _scan.submitAcks
+        scanSubmits = _scan.scanSubmits
         ACCELERATED = True

@@ -43,6 +43,22 @@ if scan.ACCELERATED:
     from tcpdemo import _scan
 
 
+def boundsAround(data: bytes) -> list[int]:
+    """
+    The length bounds that matter for C{data}: each frame's own length, one
+    less and one more, for the frames a walk from its start finds.
+    """
+    bounds: list[int] = []
+    offset = 0
+    while offset + 4 <= len(data) and len(bounds) < 60:
+        length = int.from_bytes(data[offset : offset + 4], "big", signed=True)
+        bounds += [length - 1, length, length + 1]
+        if length < 5:
+            break
+        offset += length
+    return bounds
+
+
 class LoadedTests(SynchronousTestCase):
     """
     CI must not pass on the fallback without saying so: on CPython (tox
@@ -59,10 +75,12 @@ class LoadedTests(SynchronousTestCase):
         if EXPECTED:
             self.assertIs(scan.submitAcks, _scan.submitAcks)
             self.assertIs(scan.acks, _scan.acks)
+            self.assertIs(scan.scanSubmits, _scan.scanSubmits)
             self.assertEqual(_scan.MIN_RUN, scan.MIN_RUN)
         else:
             self.assertIs(scan.submitAcks, scan.pureSubmitAcks)
             self.assertIs(scan.acks, scan.pureAcks)
+            self.assertIs(scan.scanSubmits, scan.pureScanSubmits)
 
     def test_protocolUsesThem(self) -> None:
         """
@@ -149,6 +167,12 @@ class EquivalenceTests(SynchronousTestCase):
             self.assertEqual(submitAcks(data, maxLength, start, minRun), pure)
             if not start:
                 self.assertEqual(submitAcks(data, maxLength), pure)
+            for bound in boundsAround(data):
+                self.assertEqual(
+                    submitAcks(data, bound, 0, minRun),
+                    scan.pureSubmitAcks(data, bound, 0, minRun),
+                    bound,
+                )
 
     @given(streams, maxLengths)
     def test_agreesWithGeneralPath(self, data: bytes, maxLength: int) -> None:
@@ -210,6 +234,45 @@ class EquivalenceTests(SynchronousTestCase):
         for _label, _, acks in _twoImplementations():
             self.assertEqual(outcome(acks, [b"12345678", "12345678"]), TypeError)
             self.assertEqual(outcome(acks, None), TypeError)
+
+    @given(streams, maxLengths, st.integers(0, 600), st.lists(st.binary(max_size=8), max_size=3))
+    def test_scanSubmits(
+        self, data: bytes, maxLength: int, start: int, already: list[bytes]
+    ) -> None:
+        """
+        The scanner of the handler path: the same end and the same ids
+        appended after what the list held, for any stream, bound and start.
+        """
+        for bound, begin in [(maxLength, start)] + [(b, 0) for b in boundsAround(data)]:
+            results = []
+            for scanner in self.scanners():
+                ids = list(already)
+                results.append((outcome(scanner, data, bound, ids, begin), ids))
+            self.assertEqual(results, [results[0]] * len(results), (bound, begin))
+
+    def test_scanSubmitsArguments(self) -> None:
+        """
+        Refused alike: a negative start; and by the compiled one, anything
+        but bytes, an int bound and a list.
+        """
+        data = submit(b"12345678", b"x")
+        for scanner in self.scanners():
+            self.assertEqual(outcome(scanner, data, 99, [], -1), ValueError)
+        for scanner in self.scanners()[1:]:
+            for args in [
+                (bytearray(data), 99, []),
+                (data, 99.0, []),
+                (data, 99, ()),
+                (data, 99, [], 0.0),
+                (data, 99),
+            ]:
+                self.assertEqual(outcome(scanner, *args), TypeError, args)
+
+    def scanners(self) -> list[scan._ScanSubmits]:
+        found: list[scan._ScanSubmits] = [scan.pureScanSubmits]
+        if scan.ACCELERATED:
+            found.append(_scan.scanSubmits)
+        return found
 
     @given(st.lists(st.binary(max_size=20), max_size=40))
     def test_acks(self, ids: list[bytes]) -> None:
