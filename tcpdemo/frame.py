@@ -54,7 +54,8 @@ def _gatherBuffer(length: int, first: memoryview) -> _Gathered:
         except (OSError, ValueError):
             pass  # e.g. vm.max_map_count reached: a bytearray does
         else:
-            mapped.write(first)
+            # bytes: PyPy's mmap takes no other buffer (one read's copy).
+            mapped.write(bytes(first))
             return mapped
     return bytearray(first)
 
@@ -164,7 +165,8 @@ class FrameReceiver(Int32StringReceiver):
         if isinstance(gathered, bytearray):
             gathered += memoryview(data)[:need]
         else:
-            gathered[size:length] = memoryview(data)[:need]
+            # bytes: PyPy's mmap takes no other buffer (one read's copy).
+            gathered[size:length] = data[:need] if need < len(data) else data
         rest = data[need:] if need else data
         # While paused the whole frame waits, header and all, to be parsed.
         start = 0 if self.paused else HEADER_SIZE
