@@ -38,6 +38,7 @@ from tests.support import (
     subprocessEnv,
     twistdCommand,
     waitFor,
+    waitForWorkers,
 )
 
 EXAMPLE = os.path.join(REPO_ROOT, "examples", "tcpdemo-sizelimit")
@@ -223,6 +224,41 @@ class TwistdTests(unittest.TestCase):
         waitFor(counted, what=f"{wanted} on /metrics")
         for sock in socks:
             sock.close()
+        self.assertEqual(server.terminate(), 0, server.log())
+
+    def test_workers(self) -> None:
+        """
+        With C{--workers 2} each worker builds its own handler, and the
+        parent's /metrics sums the handler's own counter over the workers
+        (prometheus_client's multiprocess mode, which the workers run in).
+        """
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        server = TwistdServer(
+            workdir, ["--workers", "2", "--handler", f"sizelimit:{self.LIMIT}"]
+        )
+        self.addCleanup(server.kill)
+        waitForWorkers(server, 2)
+        payloads = [b"s" * 16, b"l" * 17, b"l" * 100]
+        request = b"".join(submitFrame(i, p) for i, p in enumerate(payloads))
+        expected = b"".join(
+            ackFrame(i, expectedResult(p, self.LIMIT)) for i, p in enumerate(payloads)
+        )
+        connections = 8
+        for _ in range(connections):
+            with server.connect() as sock:
+                sock.sendall(request)
+                self.assertEqual(recvExactly(sock, len(expected)), expected)
+        wanted = {
+            'sizelimit_results_total{result="0"}': connections,
+            'sizelimit_results_total{result="3"}': 2 * connections,
+        }
+
+        def counted() -> bool:
+            samples = server.scrape()
+            return all(samples.get(name) == value for name, value in wanted.items())
+
+        waitFor(counted, what=f"{wanted} on the parent's /metrics")
         self.assertEqual(server.terminate(), 0, server.log())
 
     def test_missingArgument(self) -> None:
