@@ -24,10 +24,12 @@ from tests.support import (
     LOOPBACK,
     REPO_ROOT,
     TwistdServer,
+    freePort,
     metric,
     recvExactly,
     runLoadClient,
     subprocessEnv,
+    twistdCommand,
     waitFor,
 )
 from tests.test_haproxy import haproxyPath, loopbackConfig
@@ -218,6 +220,30 @@ class JetStreamTwistdTests(SynchronousTestCase):
         missing = (before.acked(0) | storedAgain) - stored
         self.assertEqual(missing, set(), f"{len(missing)} acked Submits not in the stream")
         self.assertEqual(server.terminate(), 0)
+
+    def test_noClusterNoStart(self) -> None:
+        """
+        With no NATS server answering, twistd does not listen: it exits
+        within the handler's timeout, saying why in one line.
+        """
+        port = freePort()
+        started = time.monotonic()
+        result = subprocess.run(
+            twistdCommand()
+            + ["-n", "--pidfile=", "--logfile", "-", "tcpdemo", "--metrics", "none"]
+            + ["--port", f"tcp:{port}:interface={LOOPBACK}"]
+            + ["--handler", f"jetstream:nats://{LOOPBACK}:{freePort()}?timeout=2"],
+            cwd=self.workdir(),
+            env=subprocessEnv(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertIn("no NATS server answered within 2 s", output)
+        self.assertNotIn("listening on", output)
 
     def test_scaleOutRecipe(self) -> None:
         """

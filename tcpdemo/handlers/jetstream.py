@@ -213,7 +213,7 @@ class _Connection:
         async def onReconnected() -> None:
             self._report(f"jetstream: reconnected to {self._nc.connected_url.netloc}")
 
-        self._nc = await nats.connect(
+        connecting = nats.connect(
             servers=list(self._spec.servers),
             name="tcpdemo",
             error_cb=onError,
@@ -227,6 +227,15 @@ class _Connection:
             # bounded, beyond it they are retried.
             pending_size=64 * 1024 * 1024,
         )
+        # With reconnects unbounded, nats-py would try the first connection
+        # for ever too: the spec's timeout bounds it.
+        try:
+            self._nc = await asyncio.wait_for(connecting, self._spec.timeout)
+        except asyncio.TimeoutError:
+            raise ConnectionError(
+                f"no NATS server answered within {self._spec.timeout:g} s "
+                f"({', '.join(self._spec.servers)})"
+            ) from None
         self._js = self._nc.jetstream(timeout=PUBLISH_TIMEOUT)
         if not createStream:
             return ""
@@ -352,11 +361,11 @@ class JetStreamHandler:
         """
         Connect and make sure of the stream, waiting here: the server may
         start its handler before the reactor runs, and listens only once
-        this has returned.  Bounded by the spec's timeout.
+        this has returned.  Each step is bounded by the spec's timeout.
         """
         self._thread.start()
         try:
-            line = self._thread.runBlocking(self.spec.timeout + 5, self._connection.open)
+            line = self._thread.runBlocking(2 * self.spec.timeout + 10, self._connection.open)
         except BaseException:
             failure = Failure()
             try:
