@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -58,6 +59,31 @@ def dumpStream(urls: str, stream: str) -> list[dict[str, object]]:
             f"tcpdemo-dump exited {result.returncode}:\n{result.stderr.decode(errors='replace')}"
         )
     return [json.loads(line) for line in result.stdout.decode().splitlines() if line.strip()]
+
+
+def deployedInstanceArgs(urls: str) -> list[str]:
+    """
+    The tcpdemo options of deploy/tcpdemo-jetstream.service's ExecStart,
+    less --port and --metrics (the test's own), with the cluster's URLs
+    in place of the unit's.
+    """
+    with open(os.path.join(REPO_ROOT, "deploy", "tcpdemo-jetstream.service")) as f:
+        text = f.read().replace("\\\n", " ")
+    (execStart,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    words = shlex.split(execStart.partition("=")[2])
+    options = words[words.index("tcpdemo") + 1 :]
+    args: list[str] = []
+    while options:
+        option, value = options.pop(0), options.pop(0)
+        if option in ("--port", "--metrics"):
+            continue
+        if option == "--handler":
+            deployed = "jetstream:nats://10.0.1.1:4222,nats://10.0.1.2:4222,nats://10.0.1.3:4222"
+            if value != deployed:
+                raise AssertionError(f"the unit's --handler changed: {value}")
+            value = f"jetstream:{urls}"
+        args += [option, value]
+    return args
 
 
 class Pipeliner:
@@ -248,13 +274,21 @@ class JetStreamTwistdTests(SynchronousTestCase):
     def test_scaleOutRecipe(self) -> None:
         """
         deploy/: HAProxy (deploy/haproxy.cfg) in front of two tcpdemo
-        instances writing to one 3-node cluster (deploy/nats); the project's
-        load client through HAProxy; every acked Submit is in the stream.
+        instances (deploy/tcpdemo-jetstream.service's options) writing to
+        one 3-node cluster (deploy/nats); the project's load client through
+        HAProxy; every acked Submit is in the stream.
         """
         cluster = self.cluster()
-        servers = [self.server(cluster.urls, "SCALE") for _ in range(2)]
+        # The instances as deploy/tcpdemo-jetstream.service runs them.
+        args = deployedInstanceArgs(cluster.urls)
+        self.assertIn("--handler-timeout", args)
+        servers = []
+        for _ in range(2):
+            server = TwistdServer(self.workdir(), args)
+            self.addCleanup(server.kill)
+            servers.append(server)
         for server in servers:
-            server.waitForLog(r"jetstream: (created|using) stream SCALE")
+            server.waitForLog(r"jetstream: (created|using) stream TCPDEMO")
         front = self.startHAProxy([s.port for s in servers])
 
         count, connections = 20000, 10
@@ -274,7 +308,7 @@ class JetStreamTwistdTests(SynchronousTestCase):
         # was acked 0 in order: each connection (a peer, here HAProxy's
         # side of it) must hold exactly ids 1..n, and all of them together
         # the count.
-        rows = dumpStream(cluster.urls, "SCALE")
+        rows = dumpStream(cluster.urls, "TCPDEMO")
         byPeer: dict[str, list[int]] = {}
         for row in rows:
             byPeer.setdefault(str(row["peer"]), []).append(int(bytes.fromhex(str(row["id"]))))
