@@ -426,7 +426,7 @@ class Bench:
                  scenarios: dict[str, Scenario]) -> None:
         """
         CI-sized: every server (steps and peers included) started at once,
-        each checked with the test vectors of PROTOCOL.md (vectors.py); then
+        each checked with the test vectors of docs/protocol.md (vectors.py); then
         every scenario at once, at tiny scale, against the product.  Only
         correctness counts: zero client errors.
         """
@@ -442,7 +442,7 @@ class Bench:
                         server.waitListening()
                         vectors.check(server)
                         self.passed += 1
-                        log(f"{runtime:7} {server.kind:8} answers the PROTOCOL.md vectors")
+                        log(f"{runtime:7} {server.kind:8} answers the docs/protocol.md vectors")
                     except BenchError as e:
                         self.failures.append(f"{runtime} {server.kind}: vectors: {e}")
                         log(f"{runtime} {server.kind}: vectors FAILED: {e}")
@@ -625,7 +625,7 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--servers", type=names(ALL_SERVERS), default=None,
                         help=f"servers to run, of {','.join(ALL_SERVERS)} [the steps, final "
                         "and the peers; the smoke run checks all of them with the "
-                        "PROTOCOL.md vectors and runs the scenarios against final]")
+                        "docs/protocol.md vectors and runs the scenarios against final]")
     parser.add_argument("--scenarios", type=names(tuple(SCENARIOS)), default=None,
                         help="scenarios [P,R,O,C,V,OV,OV20; without this option the steps run "
                         "only P and R]")

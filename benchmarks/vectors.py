@@ -1,6 +1,6 @@
 """
 A quick correctness check of every server the benchmark runs (the steps,
-the product, the peers): the test vectors of PROTOCOL.md over a real socket,
+the product, the peers): the test vectors of docs/protocol.md over a real socket,
 a frame split byte by byte, a Conn, and an unknown command that must close
 the connection after the acks owed.  Used by C{--smoke}, so that the steps
 and the peers cannot rot unnoticed.
@@ -20,7 +20,7 @@ def _h(text: str) -> bytes:
 
 #: What the client writes, one element per write.
 WRITES: list[bytes] = [
-    # PROTOCOL.md: Submit id "00000001", payload "hello".
+    # docs/protocol.md: Submit id "00000001", payload "hello".
     _h("00000012 02 3030303030303031 68656c6c6f"),
     # Empty payload, id "00000002".
     _h("0000000d 02 3030303030303032"),
