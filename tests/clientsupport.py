@@ -1,7 +1,7 @@
 """
 Shared by the client tests: small fake servers that answer wrongly in one
 particular way each, a mixin that listens on an ephemeral loopback port and
-runs the load client against it, and ack builders.
+runs the load client against it.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import ServerFactory
 
-from tcpdemo.client.ids import idBytes
 from tcpdemo.client.load import LoadConfig, LoadRun
 from tcpdemo.client.stats import Report
 from tcpdemo.frame import FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.packet import SubmitAck, encode
 from tcpdemo.protocol import TcpDemoServerFactory
+
+from .support import ackFrame
 
 LOCALHOST = "127.0.0.1"
 #: The global reactor, typed loosely: its interfaces are many, and not declared.
@@ -38,10 +39,6 @@ def freePort() -> Any:
     number = cast(IPv4Address, port.getHost()).port
     yield port.stopListening()
     return number
-
-
-def ack(n: int, result: int = 0) -> bytes:
-    return frame(encode(SubmitAck(idBytes(n), result)))
 
 
 class FakeServer(FrameReceiver):
@@ -66,7 +63,7 @@ class FakeServer(FrameReceiver):
             self.transport.write(data)
 
     def answer(self, n: int, id: bytes) -> bytes:
-        return frame(encode(SubmitAck(id)))
+        return ackFrame(id)
 
 
 class FakeFactory(ServerFactory):
@@ -96,7 +93,7 @@ class WrongId(FakeServer):
     """
 
     def answer(self, n: int, id: bytes) -> bytes:
-        return ack(n + 1) if n == 5 else ack(n)
+        return ackFrame(n + 1) if n == 5 else ackFrame(n)
 
 
 class WrongCommand(FakeServer):
@@ -105,7 +102,7 @@ class WrongCommand(FakeServer):
     """
 
     def answer(self, n: int, id: bytes) -> bytes:
-        data = ack(n)
+        data = ackFrame(n)
         return data[:4] + b"\x82" + data[5:] if n == 3 else data
 
 
@@ -115,7 +112,7 @@ class WrongResult(FakeServer):
     """
 
     def answer(self, n: int, id: bytes) -> bytes:
-        return ack(n, result=1 if n == 4 else 0)
+        return ackFrame(n, result=1 if n == 4 else 0)
 
 
 class Truncated(FakeServer):
@@ -125,10 +122,10 @@ class Truncated(FakeServer):
 
     def answer(self, n: int, id: bytes) -> bytes:
         if n == 5:
-            self.transport.write(ack(n)[:7])
+            self.transport.write(ackFrame(n)[:7])
             self.transport.loseConnection()
             return b""
-        return ack(n)
+        return ackFrame(n)
 
 
 class ClosesEarly(FakeServer):
@@ -139,7 +136,7 @@ class ClosesEarly(FakeServer):
     def answer(self, n: int, id: bytes) -> bytes:
         if n == 10:
             self.transport.loseConnection()
-        return ack(n)
+        return ackFrame(n)
 
 
 class ClosesFirstConnection(FakeServer):
@@ -151,7 +148,7 @@ class ClosesFirstConnection(FakeServer):
         if n == 10 and not self.factory.closedOne:
             self.factory.closedOne = True
             self.transport.loseConnection()
-        return ack(n)
+        return ackFrame(n)
 
 
 class SlowButSteady(FakeServer):
@@ -160,7 +157,7 @@ class SlowButSteady(FakeServer):
     """
 
     def answer(self, n: int, id: bytes) -> bytes:
-        self.factory.calls.append(reactor.callLater(0.05 * n, self.transport.write, ack(n)))
+        self.factory.calls.append(reactor.callLater(0.05 * n, self.transport.write, ackFrame(n)))
         return b""
 
 
@@ -170,7 +167,7 @@ class AnswersTwice(FakeServer):
     """
 
     def answer(self, n: int, id: bytes) -> bytes:
-        return ack(n) + ack(n)
+        return ackFrame(n) + ackFrame(n)
 
 
 class Forgets(FakeServer):
@@ -179,7 +176,7 @@ class Forgets(FakeServer):
     """
 
     def answer(self, n: int, id: bytes) -> bytes:
-        return ack(n) if n <= 6 else b""
+        return ackFrame(n) if n <= 6 else b""
 
 
 class BadLengthServer(FakeServer):
@@ -188,7 +185,7 @@ class BadLengthServer(FakeServer):
     """
 
     def answer(self, n: int, id: bytes) -> bytes:
-        return frame(encode(SubmitAck(id)) + b"!") if n == 2 else ack(n)
+        return frame(encode(SubmitAck(id)) + b"!") if n == 2 else ackFrame(n)
 
 
 class LoadTestsMixin:

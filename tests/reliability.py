@@ -31,14 +31,21 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcpdemo.metrics import PROTOCOL_ERROR_REASONS
 
-from .support import LOOPBACK, TwistdServer, metric, recvUntilClosed, waitFor
+from .support import (
+    ACK_SIZE,
+    LOOPBACK,
+    TwistdServer,
+    ackFrame,
+    connAckFrame,
+    metric,
+    recvUntilClosed,
+    submitFrame,
+    waitFor,
+)
 
 log = Logger(namespace="tcpdemo.reliability")
 
-ACK_SIZE = 14
-_ACK_HEAD = b"\x00\x00\x00\x0e\x81"
 _LENGTH = struct.Struct("!i")
-ID_MODULUS = 10**8
 
 #: Every reason label of C{tcpdemo_protocol_errors_total}.
 REASONS = PROTOCOL_ERROR_REASONS
@@ -205,25 +212,6 @@ def raiseOwnFileLimit(wanted: int) -> int:
 # The wire
 
 
-def ackFor(submitId: bytes, result: int = 0) -> bytes:
-    return _ACK_HEAD + submitId + bytes((result,))
-
-
-def connAckFrame(result: int) -> bytes:
-    return b"\x00\x00\x00\x06\x80" + bytes((result,))
-
-
-def rawFrame(command: int, body: bytes) -> bytes:
-    """
-    A frame with a correct length field: C{command} byte, then C{body}.
-    """
-    return _LENGTH.pack(len(body) + 5) + bytes((command,)) + body
-
-
-def lengthField(value: int) -> bytes:
-    return _LENGTH.pack(value)
-
-
 @attrs.frozen
 class Expected:
     """
@@ -242,7 +230,7 @@ class Expected:
 
 def expectedFor(stream: bytes, maxFrameLength: int, token: bytes | None = None) -> Expected:
     """
-    The reference model of the server (PROTOCOL.md, "Bad input"): parse
+    The reference model of the server (docs/protocol.md, "Bad input"): parse
     C{stream} frame by frame as the server must, and stop at the first bad
     frame.  C{token} is the C{--auth-token-file} secret, if any.
     """
@@ -273,7 +261,7 @@ def expectedFor(stream: bytes, maxFrameLength: int, token: bytes | None = None) 
                 return done("malformed_packet")
             if not authenticated:
                 return done("unexpected_command")
-            replies.append(ackFor(body[:8]))
+            replies.append(ackFrame(body[:8]))
             submits += 1
         elif command == 0x01:
             accepted = token is None or body == token
@@ -289,14 +277,6 @@ def expectedFor(stream: bytes, maxFrameLength: int, token: bytes | None = None) 
 
 
 # Load
-
-
-def submitId(number: int) -> bytes:
-    return b"%08d" % (number % ID_MODULUS)
-
-
-def submitFor(number: int, payload: bytes = b"") -> bytes:
-    return _LENGTH.pack(len(payload) + 13) + b"\x02" + submitId(number) + payload
 
 
 class _LoadConnection:
@@ -440,7 +420,7 @@ class PipelinedLoad(threading.Thread):
                     if room <= 0:
                         continue
                     c.out += b"".join(
-                        submitFor(i, self.payload) for i in range(c.nextSend, c.nextSend + room)
+                        submitFrame(i, self.payload) for i in range(c.nextSend, c.nextSend + room)
                     )
                     c.nextSend += room
                     self.sent += room
@@ -486,7 +466,7 @@ class PipelinedLoad(threading.Thread):
             )
             count = conn.outstanding
         first = conn.nextAck
-        expected = b"".join(ackFor(submitId(i)) for i in range(first, first + count))
+        expected = b"".join(ackFrame(i) for i in range(first, first + count))
         got = bytes(buf[: count * ACK_SIZE])
         if got != expected:
             for k in range(count):

@@ -2,7 +2,7 @@
 The CI-sized run of the benchmark harness (benchmarks/, BENCHMARKS.md), so
 that it never rots: every server the benchmark runs (the historical steps,
 the product, the two asyncio peers, the product with C{--workers 1} and
-C{--workers 2}) answers the PROTOCOL.md test vectors as a real process,
+C{--workers 2}) answers the docs/protocol.md test vectors as a real process,
 and every scenario (P, R, O, C, V) runs at tiny scale against the real
 C{twistd -n tcpdemo} with C{tcpdemo-client}.  It asserts
 correctness (zero client errors, clean exits), never speed.

@@ -19,7 +19,7 @@ from tcpdemo.client.checker import (
     expectedAcks,
 )
 from tcpdemo.client.ids import idBytes
-from tests.clientsupport import ack
+from tests.support import ackFrame
 
 
 class AckCheckerTests(unittest.TestCase):
@@ -37,14 +37,14 @@ class AckCheckerTests(unittest.TestCase):
 
     def test_bulk(self) -> None:
         c = self.checker(1000)
-        self.assertEqual(c.feed(b"".join(ack(n) for n in range(1, 1001))), 1000)
+        self.assertEqual(c.feed(b"".join(ackFrame(n) for n in range(1, 1001))), 1000)
         self.assertEqual((c.owed, c.nextId, c.problems), (0, 1001, []))
 
     def test_splitAnywhere(self) -> None:
         """
         Acks split at every byte boundary are all counted, none twice.
         """
-        data = b"".join(ack(n) for n in range(1, 6))
+        data = b"".join(ackFrame(n) for n in range(1, 6))
         for cut in range(len(data) + 1):
             c = self.checker(5)
             self.assertEqual(c.feed(data[:cut]) + c.feed(data[cut:]), 5)
@@ -54,12 +54,12 @@ class AckCheckerTests(unittest.TestCase):
 
     def test_wrongId(self) -> None:
         c = self.checker(3)
-        self.assertEqual(c.feed(ack(1) + ack(3) + ack(2)), 1)
+        self.assertEqual(c.feed(ackFrame(1) + ackFrame(3) + ackFrame(2)), 1)
         [p] = c.problems
         self.assertEqual(p.kind, WRONG_ID)
         self.assertIn("expected '00000002', got '00000003'", p.message)
         self.assertTrue(c.fatal)
-        self.assertEqual(c.feed(ack(2)), 0)
+        self.assertEqual(c.feed(ackFrame(2)), 0)
 
     def test_nonAsciiId(self) -> None:
         c = self.checker(1)
@@ -69,7 +69,7 @@ class AckCheckerTests(unittest.TestCase):
     def test_wrongCommand(self) -> None:
         c = self.checker(2)
         bad = b"\x00\x00\x00\x0e\x80" + idBytes(2) + b"\x00"
-        self.assertEqual(c.feed(ack(1) + bad), 1)
+        self.assertEqual(c.feed(ackFrame(1) + bad), 1)
         [p] = c.problems
         self.assertEqual(p.kind, WRONG_COMMAND)
         self.assertIn("wrong command byte 0x80 (a ConnAck)", p.message)
@@ -81,7 +81,7 @@ class AckCheckerTests(unittest.TestCase):
         still answers its Submit and checking goes on.
         """
         c = self.checker(3, failOnResult=True)
-        self.assertEqual(c.feed(ack(1) + ack(2, result=1) + ack(3)), 3)
+        self.assertEqual(c.feed(ackFrame(1) + ackFrame(2, result=1) + ackFrame(3)), 3)
         [p] = c.problems
         self.assertEqual(p.kind, BAD_RESULT)
         self.assertIn("id '00000002' has result 1 (expected 0 = ok)", p.message)
@@ -94,8 +94,9 @@ class AckCheckerTests(unittest.TestCase):
         it is counted by result, in bulk and frame by frame alike.
         """
         c = self.checker(1005)
-        self.assertEqual(c.feed(b"".join(ack(n) for n in range(1, 1001))), 1000)
-        self.assertEqual(c.feed(ack(1001, 3) + ack(1002) + ack(1003, 255) + ack(1004, 3)), 4)
+        self.assertEqual(c.feed(b"".join(ackFrame(n) for n in range(1, 1001))), 1000)
+        mixed = ackFrame(1001, 3) + ackFrame(1002) + ackFrame(1003, 255) + ackFrame(1004, 3)
+        self.assertEqual(c.feed(mixed), 4)
         self.assertEqual(c.problems, [])
         self.assertFalse(c.fatal)
         self.assertEqual((c.results[0], c.results[3], c.results[255]), (1001, 2, 1))
@@ -103,7 +104,8 @@ class AckCheckerTests(unittest.TestCase):
 
     def test_badLength(self) -> None:
         c = self.checker(2)
-        self.assertEqual(c.feed(ack(1) + b"\x00\x00\x00\x0f\x81" + idBytes(2) + b"\x00\x00"), 1)
+        long = b"\x00\x00\x00\x0f\x81" + idBytes(2) + b"\x00\x00"
+        self.assertEqual(c.feed(ackFrame(1) + long), 1)
         [p] = c.problems
         self.assertEqual(p.kind, BAD_LENGTH)
         self.assertIn("bad length 15 (a SubmitAck frame is 14 bytes)", p.message)
@@ -120,14 +122,14 @@ class AckCheckerTests(unittest.TestCase):
 
     def test_unexpectedAck(self) -> None:
         c = self.checker(1)
-        self.assertEqual(c.feed(ack(1) + ack(2)), 1)
+        self.assertEqual(c.feed(ackFrame(1) + ackFrame(2)), 1)
         [p] = c.problems
         self.assertEqual(p.kind, UNEXPECTED_ACK)
         self.assertIn("no Submit is awaiting an ack", p.message)
 
     def test_truncatedAtClose(self) -> None:
         c = self.checker(2)
-        c.feed(ack(1) + ack(2)[:7])
+        c.feed(ackFrame(1) + ackFrame(2)[:7])
         c.atClose()
         [p] = c.problems
         self.assertEqual(p.kind, TRUNCATED_ACK)

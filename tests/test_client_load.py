@@ -58,7 +58,7 @@ from tests.clientsupport import (
 class EncoderTests(unittest.TestCase):
     def test_vectors(self) -> None:
         """
-        The Submit test vectors of PROTOCOL.md, including two in one write.
+        The Submit test vectors of docs/protocol.md, including two in one write.
         """
         self.assertEqual(
             SubmitEncoder([b"hello"]).encode(1, 1).hex(),

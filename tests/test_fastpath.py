@@ -20,33 +20,26 @@ from twisted.trial.unittest import SynchronousTestCase
 from tcpdemo import protocol, scan
 from tcpdemo.frame import FrameReceiver, frame
 from tcpdemo.metrics import ServerMetrics
-from tcpdemo.packet import ProtocolError, Submit, SubmitAck, decode, encode
+from tcpdemo.packet import ProtocolError, Submit, decode
 from tcpdemo.protocol import TcpDemoServerFactory, TcpDemoServerProtocol
 from tcpdemo.scan import MIN_RUN
 from tcpdemo.scan import pureScanSubmits as scanSubmits
 from tcpdemo.scan import pureSubmitRunAcks as submitRunAcks
 
+from .support import ackFrame, submitFrame
 from .test_protocol import PEER, RecordingTransport
 
 ids = st.binary(min_size=8, max_size=8)
 
 
-def submit(ident: bytes, payload: bytes) -> bytes:
-    return frame(b"\x02" + ident + payload)
-
-
-def ack(ident: bytes) -> bytes:
-    return frame(encode(SubmitAck(ident)))
-
-
 @st.composite
 def uniformRun(draw: st.DrawFn) -> bytes:
     size = draw(st.integers(0, 40))
-    return b"".join(submit(i, b"u" * size) for i in draw(st.lists(ids, max_size=30)))
+    return b"".join(submitFrame(i, b"u" * size) for i in draw(st.lists(ids, max_size=30)))
 
 
 anyFrame = st.one_of(
-    st.builds(submit, ids, st.binary(max_size=40)),
+    st.builds(submitFrame, ids, st.binary(max_size=40)),
     uniformRun(),
     st.just(frame(b"\x01")),
     st.builds(lambda body: frame(b"\x02" + body), st.binary(max_size=7)),
@@ -101,7 +94,7 @@ class ScanTests(SynchronousTestCase):
         end, count, acks = submitRunAcks(data, maxLength)
         found: list[bytes] = []
         offset = scanSubmits(data, maxLength, found, end)
-        return acks + b"".join(ack(i) for i in found), offset
+        return acks + b"".join(ackFrame(i) for i in found), offset
 
     @given(streams, maxLengths)
     def test_agreesWithGeneralPath(self, data: bytes, maxLength: int) -> None:
@@ -109,7 +102,7 @@ class ScanTests(SynchronousTestCase):
         general.dataReceived(data)
         self.assertEqual(
             self.fastPaths(data, maxLength),
-            (b"".join(ack(i) for i in general.ids), general.consumed),
+            (b"".join(ackFrame(i) for i in general.ids), general.consumed),
         )
 
     @given(
@@ -120,11 +113,11 @@ class ScanTests(SynchronousTestCase):
         A run of MIN_RUN or more equal-sized Submits is answered in bulk,
         whatever follows.
         """
-        data = b"".join(submit(i, b"r" * size) for i in idents)
+        data = b"".join(submitFrame(i, b"r" * size) for i in idents)
         end, count, acks = submitRunAcks(data + tail, 1 << 20)
         self.assertGreaterEqual(end, len(data))
         self.assertGreaterEqual(count, len(idents))
-        self.assertEqual(acks[: 14 * len(idents)], b"".join(ack(i) for i in idents))
+        self.assertEqual(acks[: 14 * len(idents)], b"".join(ackFrame(i) for i in idents))
 
     @given(st.lists(ids, min_size=2, max_size=50), st.integers(0, 40), st.binary(max_size=30))
     def test_minRun(self, idents: list[bytes], size: int, tail: bytes) -> None:
@@ -132,7 +125,7 @@ class ScanTests(SynchronousTestCase):
         The shortest run taken in bulk is C{minRun}: a shorter one is left
         to L{scanSubmits}, which answers it all the same.
         """
-        run = b"".join(submit(i, b"r" * size) for i in idents)
+        run = b"".join(submitFrame(i, b"r" * size) for i in idents)
         data = run + frame(b"\x09") + tail
         end, count, acks = submitRunAcks(data, 1 << 20)
         if len(idents) < MIN_RUN:
@@ -140,14 +133,14 @@ class ScanTests(SynchronousTestCase):
         else:
             self.assertEqual((end, count), (len(run), len(idents)))
         self.assertEqual(submitRunAcks(data, 1 << 20, 2)[:2], (len(run), len(idents)))
-        answered = b"".join(ack(i) for i in idents)
+        answered = b"".join(ackFrame(i) for i in idents)
         self.assertEqual(self.fastPaths(data, 1 << 20), (answered, len(run)))
 
     def test_uniformRun(self) -> None:
-        data = b"".join(submit(b"%08d" % i, b"x" * 20) for i in range(1000))
+        data = b"".join(submitFrame(b"%08d" % i, b"x" * 20) for i in range(1000))
         self.assertEqual(
             submitRunAcks(data + data[:10], 1 << 20),
-            (len(data), 1000, b"".join(ack(b"%08d" % i) for i in range(1000))),
+            (len(data), 1000, b"".join(ackFrame(b"%08d" % i) for i in range(1000))),
         )
 
     def test_uniformRunThenOther(self) -> None:
@@ -155,9 +148,9 @@ class ScanTests(SynchronousTestCase):
         A run of equal frames followed by another frame of the same size:
         the run is answered in bulk up to it, and the other frame stops it.
         """
-        data = submit(b"a" * 8, b"xy") * 20 + frame(b"\x09" + b"b" * 10)
-        self.assertEqual(submitRunAcks(data, 1 << 20), (20 * 15, 20, ack(b"a" * 8) * 20))
-        self.assertEqual(self.fastPaths(data, 1 << 20), (ack(b"a" * 8) * 20, 20 * 15))
+        data = submitFrame(b"a" * 8, b"xy") * 20 + frame(b"\x09" + b"b" * 10)
+        self.assertEqual(submitRunAcks(data, 1 << 20), (20 * 15, 20, ackFrame(b"a" * 8) * 20))
+        self.assertEqual(self.fastPaths(data, 1 << 20), (ackFrame(b"a" * 8) * 20, 20 * 15))
 
 
 class SlowProtocol(TcpDemoServerProtocol):

@@ -16,21 +16,20 @@ from .reliability import (
     REASONS,
     PipelinedLoad,
     ServerTestCase,
-    ackFor,
     errorCounts,
     refusedNow,
     report,
     resetClose,
-    submitFor,
-    submitId,
     waitForLine,
     waitForProgress,
 )
 from .support import (
+    ackFrame,
     metric,
     pushUntilBlocked,
     recvExactly,
     recvUntilClosed,
+    submitFrame,
     subprocessEnv,
     waitFor,
 )
@@ -171,8 +170,8 @@ class IdleTimeoutTests(ServerTestCase):
         before = metric(server.scrape(), "tcpdemo_idle_timeouts_total")
 
         reset = server.connect()
-        reset.sendall(submitFor(1))
-        self.assertEqual(recvExactly(reset, 14), ackFor(submitId(1)))
+        reset.sendall(submitFrame(1))
+        self.assertEqual(recvExactly(reset, 14), ackFrame(1))
         resetClose(reset)
         waitFor(
             lambda: metric(server.scrape(), "tcpdemo_client_connected") == 1,
@@ -184,12 +183,12 @@ class IdleTimeoutTests(ServerTestCase):
         started = time.monotonic()
         silent = server.connect()
         partial = server.connect()
-        partial.sendall(submitFor(2, b"cut")[:7])
+        partial.sendall(submitFrame(2, b"cut")[:7])
         quiet = server.connect()
-        quiet.sendall(submitFor(3))
-        self.assertEqual(recvExactly(quiet, 14), ackFor(submitId(3)))
+        quiet.sendall(submitFrame(3))
+        self.assertEqual(recvExactly(quiet, 14), ackFrame(3))
         stalled = server.connect()
-        frames = b"".join(submitFor(i, b"z" * 10) for i in range(20000))
+        frames = b"".join(submitFrame(i, b"z" * 10) for i in range(20000))
         pushUntilBlocked(stalled, frames, seconds=0.3)
         idle = [silent, partial, quiet, stalled]
         self.assertGreaterEqual(metric(server.scrape(), "tcpdemo_client_connected"), 1)
@@ -231,7 +230,7 @@ class GracefulStopTests(ServerTestCase):
         # The holder keeps the drain going (its acks wait for it to read)
         # so that the final counters can be scraped before the exit.
         holder = server.connect()
-        holderFrames = b"".join(submitFor(i, b"h" * 10) for i in range(200000))
+        holderFrames = b"".join(submitFrame(i, b"h" * 10) for i in range(200000))
         pushUntilBlocked(holder, holderFrames, seconds=0.5)
         load = PipelinedLoad(
             server.port, connections=50, window=100, payload=b"g" * 16, expectServerClose=True
@@ -254,7 +253,7 @@ class GracefulStopTests(ServerTestCase):
         holder.close()
         holderCount = len(holderAcks) // 14
         self.assertEqual(
-            holderAcks, b"".join(ackFor(submitId(i % 200000)) for i in range(holderCount))
+            holderAcks, b"".join(ackFrame(i % 200000) for i in range(holderCount))
         )
         status = server.process.wait(grace)
         elapsed = time.monotonic() - started

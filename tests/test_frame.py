@@ -159,7 +159,7 @@ def hostile_streams(draw: st.DrawFn) -> bytes:
 
 class VectorTests(SynchronousTestCase):
     """
-    The framing of PROTOCOL.md's test vectors.
+    The framing of docs/protocol.md's test vectors.
     """
 
     def test_frame(self) -> None:

@@ -21,7 +21,7 @@ from tcpdemo.handlers.ack import AckHandler
 from tcpdemo.packet import Conn, ConnAck, encode
 
 from .handlerkit import ManualHandler, ScriptedHandler
-from .support import ackFrame, submitFrame
+from .support import ackFrame, ackFrames, submitFrame, submitFrames
 
 
 class Collector(protocol.Protocol):
@@ -56,23 +56,6 @@ async def waitUntil(condition: Callable[[], bool], timeout: float = 10.0) -> Non
             return
         await sleep(0.01)
     raise AssertionError("timed out waiting")
-
-
-def acks(numbers: range | list[int], result: int = 0) -> bytes:
-    """
-    L{ackFrame} for each number, back to back (quickly: tests use 10**5).
-    """
-    head = ackFrame(0, result)[:5]
-    tail = bytes((result,))
-    return b"".join([head + b"%08d" % i + tail for i in numbers])
-
-
-def submits(numbers: range | list[int], payload: bytes = b"x") -> bytes:
-    """
-    L{submitFrame} for each number, back to back.
-    """
-    head = submitFrame(0, payload)[:5]
-    return b"".join([head + b"%08d" % i + payload for i in numbers])
 
 
 class HandlerTestCase(TestCase):
@@ -119,15 +102,15 @@ class OrderTests(HandlerTestCase):
         self.assertIsInstance(svc.factory, pending.HandlerServerFactory)
         self.assertTrue(handler.started)
         client = await self.connect(svc)
-        client.send(submits(range(1, 11)))
+        client.send(submitFrames(range(1, 11), b"x"))
         await waitUntil(lambda: len(handler.batches) == 1)
-        client.send(frame(encode(Conn(b"anything"))) + submits(range(11, 31)))
+        client.send(frame(encode(Conn(b"anything"))) + submitFrames(range(11, 31), b"x"))
         await waitUntil(lambda: handler.handed == 30)
-        client.send(submits(range(31, 36)))
+        client.send(submitFrames(range(31, 36), b"x"))
         await waitUntil(lambda: handler.handed == 35)
         batches = handler.batches
         self.assertEqual(batches[0][0].ids, [b"%08d" % i for i in range(1, 11)])
-        self.assertEqual(batches[0][0].frames, submits(range(1, 11)))
+        self.assertEqual(batches[0][0].frames, submitFrames(range(1, 11), b"x"))
         self.assertEqual(batches[0][0].peer.split(":")[0], "127.0.0.1")
         # Results 3, 4, ... by batch: answered in reverse order.
         for index in reversed(range(1, len(batches))):
@@ -136,10 +119,10 @@ class OrderTests(HandlerTestCase):
         await sleep(0.1)
         self.assertEqual(client.data, b"", "acks overtook the first batch's")
         batches[0][1].callback(bytes(10))
-        expected = acks(range(1, 11)) + frame(encode(ConnAck(0)))
+        expected = ackFrames(range(1, 11)) + frame(encode(ConnAck(0)))
         number = 11
         for index, (batch, _) in enumerate(batches[1:], 1):
-            expected += acks(range(number, number + batch.count), 3 + index)
+            expected += ackFrames(range(number, number + batch.count), 3 + index)
             number += batch.count
         await waitUntil(lambda: len(client.data) >= len(expected))
         self.assertEqual(client.data, expected)
@@ -160,7 +143,7 @@ class OrderTests(HandlerTestCase):
         svc = self.startService(handler, "--idle-timeout", "0.5")
         client = await self.connect(svc)
         for first in (1, 41, 81):
-            client.send(submits(range(first, first + 40)))
+            client.send(submitFrames(range(first, first + 40), b"x"))
             await waitUntil(lambda first=first: handler.handed == first + 39)  # type: ignore[misc]
         client.transport.loseWriteConnection()  # type: ignore[union-attr]
         # Longer than --idle-timeout in all: acks going out keep it open.
@@ -170,7 +153,7 @@ class OrderTests(HandlerTestCase):
         expected = b""
         number = 1
         for index, (batch, _) in enumerate(handler.batches):
-            expected += acks(range(number, number + batch.count), index + 3)
+            expected += ackFrames(range(number, number + batch.count), index + 3)
             number += batch.count
         self.assertEqual(await client.closed, expected)
 
@@ -187,7 +170,7 @@ class OrderTests(HandlerTestCase):
         data = b"".join(submitFrame(i, b"p" * (i % 37)) for i in range(count))
         client.send(data)
         await waitUntil(lambda: len(client.data) >= 14 * count, timeout=30)
-        self.assertEqual(client.data, acks(range(count)))
+        self.assertEqual(client.data, ackFrames(range(count)))
 
     def test_ackIsTheFastPath(self) -> None:
         options = tap.Options()
@@ -208,12 +191,12 @@ class ErrorTests(HandlerTestCase):
         client = await self.connect(svc)
         expected = b""
         for number, payload in enumerate([b"raise", b"fail", b"short", b"range", b"str"], 1):
-            client.send(submits([number], payload))
+            client.send(submitFrames([number], payload))
             expected += ackFrame(number, 1)
             size = len(expected)
             await waitUntil(lambda size=size: len(client.received) >= size)  # type: ignore[misc]
-        client.send(submits([6], b"r7") + submits([7], b"r7"))
-        expected += acks([6, 7], 7)
+        client.send(submitFrames([6], b"r7") + submitFrames([7], b"r7"))
+        expected += ackFrames([6, 7], 7)
         await waitUntil(lambda: len(client.data) >= len(expected))
         self.assertEqual(client.data, expected)
         self.assertEqual(self.sample(svc, "tcpdemo_handler_errors_total"), 5)
@@ -229,7 +212,7 @@ class ErrorTests(HandlerTestCase):
         svc.factory.runner.problemLogInterval = 0.3
         client = await self.connect(svc)
         for number in range(1, 4):
-            client.send(submits([number], b"raise"))
+            client.send(submitFrames([number], b"raise"))
             await waitUntil(lambda number=number: len(client.received) >= 14 * number)  # type: ignore[misc]
         await waitUntil(lambda: len(self.warnings()) == 2, timeout=5)
         self.assertIn("1 batch(es) got result 1", self.warnings()[0])
@@ -241,18 +224,18 @@ class TimeoutTests(HandlerTestCase):
         handler = ManualHandler()
         svc = self.startService(handler, "--handler-timeout", "0.2")
         client = await self.connect(svc)
-        client.send(submits(range(1, 6)))
+        client.send(submitFrames(range(1, 6), b"x"))
         await waitUntil(lambda: len(client.data) >= 5 * 14)
-        self.assertEqual(client.data, acks(range(1, 6), 2))
+        self.assertEqual(client.data, ackFrames(range(1, 6), 2))
         self.assertEqual(handler.cancelled, 1)
         self.assertEqual(self.sample(svc, "tcpdemo_handler_timeouts_total"), 1)
         self.assertEqual(self.sample(svc, "tcpdemo_acks_total", result="2"), 5)
         # The connection still works, and answers in order.
-        client.send(submits(range(6, 8)))
+        client.send(submitFrames(range(6, 8), b"x"))
         await waitUntil(lambda: len(handler.batches) == 2)
         handler.batches[1][1].callback(bytes(2))
         await waitUntil(lambda: len(client.data) >= 7 * 14)
-        self.assertEqual(client.data, acks(range(1, 6), 2) + acks(range(6, 8)))
+        self.assertEqual(client.data, ackFrames(range(1, 6), 2) + ackFrames(range(6, 8)))
         self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
 
 
@@ -266,7 +249,7 @@ class BoundTests(HandlerTestCase):
         svc = self.startService(handler, "--max-pending", "100")
         client = await self.connect(svc)
         count = 400_000  # 8.8 MB: more than loopback's socket buffers hold
-        data = submits(range(count))
+        data = submitFrames(range(count), b"x")
         client.send(data)
         await waitUntil(lambda: handler.handed > 0)
         await sleep(0.5)
@@ -285,7 +268,7 @@ class BoundTests(HandlerTestCase):
             for batch, d in batches:
                 d.callback(bytes(batch.count))
             await sleep(0.001)
-        self.assertEqual(client.data, acks(range(count)))
+        self.assertEqual(client.data, ackFrames(range(count)))
         self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
 
     async def test_perProcess(self) -> None:
@@ -299,7 +282,7 @@ class BoundTests(HandlerTestCase):
         first = await self.connect(svc)
         second = await self.connect(svc)
         count = 200_000
-        data = submits(range(count))
+        data = submitFrames(range(count), b"x")
         first.send(data)
         second.send(data)
         await waitUntil(lambda: {b.connection for b, _ in handler.batches} == {1, 2})
@@ -316,8 +299,8 @@ class BoundTests(HandlerTestCase):
             for batch, d in batches:
                 d.callback(bytes(batch.count))
             await sleep(0.005)
-        self.assertEqual(first.data, acks(range(count)))
-        self.assertEqual(second.data, acks(range(count)))
+        self.assertEqual(first.data, ackFrames(range(count)))
+        self.assertEqual(second.data, ackFrames(range(count)))
 
 
 class ShutdownTests(HandlerTestCase):
@@ -329,7 +312,7 @@ class ShutdownTests(HandlerTestCase):
         handler = ManualHandler()
         svc = self.startService(handler)
         client = await self.connect(svc)
-        client.send(submits(range(1, 101)))
+        client.send(submitFrames(range(1, 101), b"x"))
         await waitUntil(lambda: handler.handed == 100)
         stopped = defer.ensureDeferred(svc.stopService())
 
@@ -339,7 +322,7 @@ class ShutdownTests(HandlerTestCase):
 
         reactor.callLater(0.3, answer)
         self.assertFalse(handler.stopped)
-        self.assertEqual(await client.closed, acks(range(1, 101), 5))
+        self.assertEqual(await client.closed, ackFrames(range(1, 101), 5))
         await stopped
         self.assertTrue(handler.stopped)
         self.assertTrue(svc.drainedCleanly)
@@ -348,7 +331,7 @@ class ShutdownTests(HandlerTestCase):
         handler = ManualHandler()
         svc = self.startService(handler, "--grace-period", "0.3", "--handler-timeout", "0")
         client = await self.connect(svc)
-        client.send(submits(range(1, 11)))
+        client.send(submitFrames(range(1, 11), b"x"))
         await waitUntil(lambda: handler.handed == 10)
         await svc.stopService()
         self.assertEqual(await client.closed, b"")
@@ -372,7 +355,7 @@ class SlowStartTests(HandlerTestCase):
         started.callback(None)
         self.assertIsNotNone(svc.server.port)
         client = await self.connect(svc)
-        client.send(submits([1], b"r9"))
+        client.send(submitFrames([1], b"r9"))
         await waitUntil(lambda: len(client.received) >= 14)
         self.assertEqual(client.data, ackFrame(1, 9))
 
@@ -447,7 +430,7 @@ class StartTests(SynchronousTestCase):
 class EncodeTests(SynchronousTestCase):
     def test_encodeAcks(self) -> None:
         ids = [b"%08d" % i for i in range(3)]
-        self.assertEqual(pending.encodeAcks(ids, bytes(3)), acks(range(3)))
+        self.assertEqual(pending.encodeAcks(ids, bytes(3)), ackFrames(range(3)))
         self.assertEqual(
             pending.encodeAcks(ids, bytes([0, 9, 255])),
             ackFrame(0, 0) + ackFrame(1, 9) + ackFrame(2, 255),

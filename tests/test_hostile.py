@@ -28,24 +28,28 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from .reliability import (
-    ACK_SIZE,
     REASONS,
     HostileMixin,
     PipelinedLoad,
     Plan,
     ServerTestCase,
-    ackFor,
     errorCounts,
-    lengthField,
     loggedOrLeftOut,
-    rawFrame,
     report,
     rssOf,
-    submitFor,
-    submitId,
     waitForProgress,
 )
-from .support import TwistdServer, metric, recvUntilClosed, waitFor
+from .support import (
+    ACK_SIZE,
+    TwistdServer,
+    ackFrame,
+    lengthField,
+    metric,
+    rawFrame,
+    recvUntilClosed,
+    submitFrame,
+    waitFor,
+)
 
 MAX_FRAME = 4096
 EXAMPLES = int(os.environ.get("TCPDEMO_HOSTILE_EXAMPLES", "25"))
@@ -160,7 +164,7 @@ class HostileStreamTests(HostileMixin):
         Each bad input named by the issue, after valid Submits on its own
         connection, all at once.
         """
-        valid = b"".join(submitFor(i, b"v%d" % i) for i in range(1, 4))
+        valid = b"".join(submitFrame(i, b"v%d" % i) for i in range(1, 4))
         bad = [
             lengthField(-1),
             lengthField(-(2**31)),
@@ -174,10 +178,10 @@ class HostileStreamTests(HostileMixin):
             rawFrame(0x80, b"\x00"),
             rawFrame(0x81, b"12345678\x00"),
         ]
-        plans: list[Plan] = [(valid + b + submitFor(9, b"after"), [], "halfclose") for b in bad]
+        plans: list[Plan] = [(valid + b + submitFrame(9, b"after"), [], "halfclose") for b in bad]
         # Byte by byte, too, and truncated in the middle of a frame.
         plans += [(valid + b, [1], "halfclose") for b in bad[:3]]
-        plans.append((valid + submitFor(4, b"cut short")[:-3], [3, 1], "halfclose"))
+        plans.append((valid + submitFrame(4, b"cut short")[:-3], [3, 1], "halfclose"))
         plans.append((valid[:2], [1], "halfclose"))
         self.runPlans(plans, slow=True)
         self.assertEqual(self.expectedErrors["bad_length"], 7 + 3)
@@ -207,7 +211,7 @@ class HostileStreamTests(HostileMixin):
 class ServerToClientCommandTests(ServerTestCase):
     def test_malformedAcksAreUnexpected(self) -> None:
         """
-        PROTOCOL.md: a ConnAck or SubmitAck sent to the server is refused
+        docs/protocol.md: a ConnAck or SubmitAck sent to the server is refused
         "like an unknown command" -- it is the direction that is wrong, so
         its reason is unexpected_command whatever its body.
         """
@@ -215,8 +219,8 @@ class ServerToClientCommandTests(ServerTestCase):
         before = errorCounts(server.scrape())
         for body in (rawFrame(0x80, b""), rawFrame(0x81, b"1234")):
             sock = server.connect()
-            sock.sendall(submitFor(1, b"") + body)
-            self.assertEqual(recvUntilClosed(sock), ackFor(submitId(1)))
+            sock.sendall(submitFrame(1, b"") + body)
+            self.assertEqual(recvUntilClosed(sock), ackFrame(1))
             sock.close()
         waitFor(lambda: metric(server.scrape(), "tcpdemo_client_connected") == 0)
         after = errorCounts(server.scrape())
@@ -358,8 +362,8 @@ class SlowReaderTests(ServerTestCase):
         growth over the idle server is reported too and is tiny.)
         """
         server = self.startServer("--write-buffer-limit", str(WRITE_BUFFER_LIMIT))
-        block = b"".join(submitFor(i, PAYLOAD) for i in range(CYCLE))
-        acks = b"".join(ackFor(submitId(i)) for i in range(CYCLE))
+        block = b"".join(submitFrame(i, PAYLOAD) for i in range(CYCLE))
+        acks = b"".join(ackFrame(i) for i in range(CYCLE))
         self.assertEqual(len(block), CYCLE * FRAME_SIZE)
         repeats = TOTAL_BYTES // len(block)
         self.assertEqual(repeats * len(block), TOTAL_BYTES)

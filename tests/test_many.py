@@ -11,16 +11,16 @@ import signal
 import socket
 import time
 
-from .reliability import (
-    ServerTestCase,
-    ackFor,
-    openFds,
-    raiseOwnFileLimit,
-    report,
-    submitFor,
-    submitId,
+from .reliability import ServerTestCase, openFds, raiseOwnFileLimit, report
+from .support import (
+    LOOPBACK,
+    ackFrame,
+    metric,
+    recvExactly,
+    recvUntilClosed,
+    submitFrame,
+    waitFor,
 )
-from .support import LOOPBACK, metric, recvExactly, recvUntilClosed, waitFor
 
 CONNECTIONS = int(os.environ.get("TCPDEMO_MANY_CONNECTIONS", "10000"))
 #: Connects in flight before waiting for the server to accept them: well
@@ -50,7 +50,7 @@ class ManyConnectionsTests(ServerTestCase):
             )
         server = self.startServer("--grace-period", "30")
         warm = server.connect()
-        warm.sendall(b"".join(submitFor(i, b"warm") for i in range(1000)))
+        warm.sendall(b"".join(submitFrame(i, b"warm") for i in range(1000)))
         recvExactly(warm, 14 * 1000)
         warm.close()
         waitFor(lambda: metric(server.scrape(), "tcpdemo_client_connected") == 0)
@@ -82,11 +82,11 @@ class ManyConnectionsTests(ServerTestCase):
 
         # Each submits twice, in one write; then each reads its two acks.
         for k, sock in enumerate(socks):
-            sock.sendall(submitFor(2 * k, b"many") + submitFor(2 * k + 1, b"many"))
+            sock.sendall(submitFrame(2 * k, b"many") + submitFrame(2 * k + 1, b"many"))
         for k, sock in enumerate(socks):
             self.assertEqual(
                 recvExactly(sock, 28),
-                ackFor(submitId(2 * k)) + ackFor(submitId(2 * k + 1)),
+                ackFrame(2 * k) + ackFrame(2 * k + 1),
                 f"connection {k}",
             )
         exchanged = time.monotonic() - started
@@ -146,9 +146,9 @@ class MaxConnectionsTests(ServerTestCase):
             self.assertEqual(recvUntilClosed(sock, timeout=10), b"", f"refused {k}")
         # The served ones are served.
         for k, sock in enumerate(socks[:100]):
-            sock.sendall(submitFor(k, b"served"))
+            sock.sendall(submitFrame(k, b"served"))
         for k, sock in enumerate(socks[:100]):
-            self.assertEqual(recvExactly(sock, 14), ackFor(submitId(k)), f"served {k}")
+            self.assertEqual(recvExactly(sock, 14), ackFrame(k), f"served {k}")
         samples = server.scrape()
         self.assertEqual(metric(samples, "tcpdemo_client_connected"), 100)
         self.assertEqual(metric(samples, "tcpdemo_connections_total"), 100)
@@ -166,8 +166,8 @@ class MaxConnectionsTests(ServerTestCase):
         more = [server.connect() for _ in range(11)]
         socks.extend(more)
         for k, sock in enumerate(more[:10]):
-            sock.sendall(submitFor(k, b"again"))
-            self.assertEqual(recvExactly(sock, 14), ackFor(submitId(k)))
+            sock.sendall(submitFrame(k, b"again"))
+            self.assertEqual(recvExactly(sock, 14), ackFrame(k))
         self.assertEqual(recvUntilClosed(more[10], timeout=10), b"")
         samples = server.scrape()
         self.assertEqual(metric(samples, "tcpdemo_connections_refused_total"), 51)

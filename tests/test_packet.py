@@ -1,5 +1,5 @@
 """
-Tests for L{tcpdemo.packet}: the test vectors of PROTOCOL.md, round trips of
+Tests for L{tcpdemo.packet}: the test vectors of docs/protocol.md, round trips of
 every packet type, and that no input makes L{decode} fail other than with a
 L{ProtocolError}.
 """
@@ -33,12 +33,12 @@ from tcpdemo.packet import (
 
 def vector(text: str) -> bytes:
     """
-    Bytes from hex as PROTOCOL.md writes it, with spaces between fields.
+    Bytes from hex as docs/protocol.md writes it, with spaces between fields.
     """
     return bytes.fromhex(text.replace(" ", ""))
 
 
-# The test vectors of PROTOCOL.md, copied as they are written there.
+# The test vectors of docs/protocol.md, copied as they are written there.
 SUBMIT_1 = vector("00000012 02 3030303030303031 68656c6c6f")
 SUBMIT_ACK_1 = vector("0000000e 81 3030303030303031 00")
 SUBMIT_2 = vector("0000000d 02 3030303030303032")
@@ -47,7 +47,7 @@ TWO_SUBMITS = vector("0000000e 02 3030303030303033 61  0000000f 02 3030303030303
 TWO_SUBMIT_ACKS = vector("0000000e 81 3030303030303033 00  0000000e 81 3030303030303034 00")
 
 # Not captured from the reference (it has no ConnAck body): this project's
-# extension as PROTOCOL.md's "Extensions" defines it.
+# extension as docs/protocol.md's "Extensions" defines it.
 CONN = vector("00000005 01")
 CONN_ACK = vector("00000006 80 00")
 
@@ -87,7 +87,7 @@ payloads = st.one_of(st.binary(), known_command_payloads)
 
 class VectorTests(SynchronousTestCase):
     """
-    The test vectors of PROTOCOL.md, byte for byte.
+    The test vectors of docs/protocol.md, byte for byte.
     """
 
     def test_commandIds(self) -> None:

@@ -116,7 +116,7 @@ class ProtocolTestCase(SynchronousTestCase):
 class AckTests(ProtocolTestCase):
     def test_vectors(self) -> None:
         """
-        The acks for PROTOCOL.md's vectors, byte for byte.
+        The acks for docs/protocol.md's vectors, byte for byte.
         """
         protocol, transport = self.connect()
         protocol.dataReceived(bytes.fromhex("00000012023030303030303031") + b"hello")
@@ -196,7 +196,7 @@ class AckTests(ProtocolTestCase):
 
 class BadInputTests(ProtocolTestCase):
     """
-    Each bad input of PROTOCOL.md: the acks owed before it are sent, then
+    Each bad input of docs/protocol.md: the acks owed before it are sent, then
     that connection alone is closed, counted by reason and logged once.
     """
 

@@ -32,28 +32,27 @@ from .reliability import (
     HostileMixin,
     Plan,
     ServerTestCase,
-    ackFor,
-    connAckFrame,
     errorCounts,
-    lengthField,
     listeningAddresses,
-    rawFrame,
     report,
-    submitFor,
-    submitId,
 )
 from .support import (
     LOOPBACK,
+    ackFrame,
+    connAckFrame,
     freePort,
+    lengthField,
     metric,
+    rawFrame,
     recvExactly,
     recvUntilClosed,
+    submitFrame,
     subprocessEnv,
     twistdCommand,
     waitFor,
 )
 
-#: The test vectors of PROTOCOL.md.
+#: The test vectors of docs/protocol.md.
 HELLO = bytes.fromhex("00000012023030303030303031") + b"hello"
 HELLO_ACK = bytes.fromhex("0000000e81303030303030303100")
 EMPTY = bytes.fromhex("0000000d023030303030303032")
@@ -274,14 +273,14 @@ class TLSTests(ServerTestCase):
         self.assertIsNotNone(sock.version())
         sock.sendall(VECTORS)
         self.assertEqual(recvExactly(sock, len(VECTOR_ACKS)), VECTOR_ACKS)
-        sock.sendall(b"".join(submitFor(i, b"tls") for i in range(1000)))
+        sock.sendall(b"".join(submitFrame(i, b"tls") for i in range(1000)))
         self.assertEqual(
-            recvExactly(sock, 14 * 1000), b"".join(ackFor(submitId(i)) for i in range(1000))
+            recvExactly(sock, 14 * 1000), b"".join(ackFrame(i) for i in range(1000))
         )
 
         bad = self.tlsConnect(port, cert)
-        bad.sendall(submitFor(7) + lengthField(3))
-        self.assertEqual(recvUntilClosed(bad), ackFor(submitId(7)))
+        bad.sendall(submitFrame(7) + lengthField(3))
+        self.assertEqual(recvUntilClosed(bad), ackFrame(7))
         bad.close()
 
         plain = socket.create_connection((LOOPBACK, port), timeout=10)
@@ -305,10 +304,10 @@ class TLSTests(ServerTestCase):
         """
         port, cert = self.startTLS()
         server = self.server
-        owed = b"".join(ackFor(submitId(i)) for i in range(500))
+        owed = b"".join(ackFrame(i) for i in range(500))
         for attempt in range(5):
             sock = self.tlsConnect(port, cert)
-            sock.sendall(b"".join(submitFor(i, b"x" * 20) for i in range(500)) + lengthField(3))
+            sock.sendall(b"".join(submitFrame(i, b"x" * 20) for i in range(500)) + lengthField(3))
             try:
                 for _ in range(5):
                     sock.sendall(b"still sending" * 100)
@@ -340,7 +339,7 @@ class TLSTests(ServerTestCase):
 TOKEN = b"s3cret-Token_for-tests"
 
 _submits = st.builds(
-    lambda number, payload: submitFor(number, payload),
+    lambda number, payload: submitFrame(number, payload),
     st.integers(0, 10**8 - 1),
     st.binary(max_size=30),
 )
@@ -397,8 +396,8 @@ class AuthTests(HostileMixin):
         good = server.connect()
         good.sendall(rawFrame(0x01, TOKEN) + VECTORS)
         self.assertEqual(recvExactly(good, 6 + len(VECTOR_ACKS)), connAckFrame(0) + VECTOR_ACKS)
-        good.sendall(b"".join(submitFor(i) for i in range(100)))
-        self.assertEqual(recvExactly(good, 1400), b"".join(ackFor(submitId(i)) for i in range(100)))
+        good.sendall(b"".join(submitFrame(i) for i in range(100)))
+        self.assertEqual(recvExactly(good, 1400), b"".join(ackFrame(i) for i in range(100)))
         good.close()
 
         waitFor(lambda: metric(server.scrape(), "tcpdemo_client_connected") == 0)

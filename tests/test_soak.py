@@ -12,17 +12,8 @@ import subprocess
 import sys
 import time
 
-from .reliability import (
-    PipelinedLoad,
-    ServerTestCase,
-    lengthField,
-    openFds,
-    report,
-    resetClose,
-    submitFor,
-    waitForProgress,
-)
-from .support import metric, recvUntilClosed, subprocessEnv, waitFor
+from .reliability import PipelinedLoad, ServerTestCase, openFds, report, resetClose, waitForProgress
+from .support import lengthField, metric, recvUntilClosed, submitFrame, subprocessEnv, waitFor
 
 SOAK_SECONDS = float(os.environ.get("TCPDEMO_SOAK_SECONDS", "60"))
 SAMPLE_INTERVAL = 2.0
@@ -94,11 +85,11 @@ class SoakTests(ServerTestCase):
                 (round(time.monotonic() - started, 1), server.rssBytes(), openFds(server.pid))
             )
             bad = server.connect()
-            bad.sendall(submitFor(1) + lengthField(-7))
+            bad.sendall(submitFrame(1) + lengthField(-7))
             self.assertEqual(len(recvUntilClosed(bad)), 14)
             bad.close()
             reset = server.connect()
-            reset.sendall(submitFor(1, b"reset"))
+            reset.sendall(submitFrame(1, b"reset"))
             resetClose(reset)
             abuse += 2
             self.assertIsNone(server.process.poll(), "the server died")

@@ -17,8 +17,8 @@ from tcpdemo import tap
 from tcpdemo.handlers import SubmitBatch
 from tcpdemo.handlers.sqlite import CHUNK, SqliteHandler, readStored
 
-from .support import ackFrame, submitFrame
-from .test_handlers import HandlerTestCase, acks, submits, waitUntil
+from .support import ackFrame, ackFrames, submitFrame, submitFrames
+from .test_handlers import HandlerTestCase, waitUntil
 
 
 def batch(first: int, count: int, payload: bytes = b"", connection: int = 1) -> SubmitBatch:
@@ -98,11 +98,11 @@ class FullDiskTests(HandlerTestCase):
         pages = handler._db.execute("PRAGMA page_count").fetchone()[0]
         handler._db.execute(f"PRAGMA max_page_count={pages + 2}")
         client = await self.connect(svc)
-        client.send(submits(range(1, 3), b"small"))
+        client.send(submitFrames(range(1, 3), b"small"))
         await waitUntil(lambda: len(client.received) >= 28)
-        client.send(submits(range(3, 103), b"x" * 4000))  # ~400 KB: does not fit
+        client.send(submitFrames(range(3, 103), b"x" * 4000))  # ~400 KB: does not fit
         await waitUntil(lambda: len(client.received) >= 14 * 102)
-        self.assertEqual(client.data, acks(range(1, 3)) + acks(range(3, 103), 1))
+        self.assertEqual(client.data, ackFrames(range(1, 3)) + ackFrames(range(3, 103), 1))
         self.assertGreaterEqual(self.sample(svc, "tcpdemo_handler_errors_total"), 1)
         self.assertIn("full", self.warnings()[0])
         handler._db.execute("PRAGMA max_page_count=1073741823")
