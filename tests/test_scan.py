@@ -23,8 +23,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from tcpdemo import scan
 from tcpdemo.frame import frame
 
-from .support import REPO_ROOT, TwistdServer, recvExactly
-from .test_fastpath import GeneralPath, ack, anyFrame, streams, submit
+from .support import REPO_ROOT, TwistdServer, ackFrame, recvExactly, submitFrame
+from .test_fastpath import GeneralPath, anyFrame, streams
 
 CPYTHON = platform.python_implementation() == "CPython"
 #: Whether the accelerator must be in use here: on CPython, unless disabled.
@@ -185,14 +185,14 @@ class EquivalenceTests(SynchronousTestCase):
         expected = (
             general.consumed,
             len(general.ids),
-            b"".join(ack(i) for i in general.ids),
+            b"".join(ackFrame(i) for i in general.ids),
         )
         for _label, submitAcks, _ in _twoImplementations():
             self.assertEqual(submitAcks(data, maxLength), expected)
 
     @given(
         st.lists(anyFrame, max_size=10).map(b"".join),
-        st.lists(st.builds(submit, st.binary(min_size=8, max_size=8), st.binary(max_size=30))),
+        st.lists(st.builds(submitFrame, st.binary(min_size=8, max_size=8), st.binary(max_size=30))),
         st.lists(anyFrame, max_size=5).map(b"".join),
     )
     def test_startOffsets(self, before: bytes, submits: list[bytes], after: bytes) -> None:
@@ -210,7 +210,7 @@ class EquivalenceTests(SynchronousTestCase):
         """
         A negative start or a minRun below 1 is refused alike.
         """
-        data = submit(b"12345678", b"x") * 3
+        data = submitFrame(b"12345678", b"x") * 3
         for args in [(data, 99, start), (data, 99, 0, minRun)]:
             self.assertSame("submitAcks", *args)
             self.assertEqual(outcome(scan.pureSubmitAcks, *args), ValueError)
@@ -219,7 +219,7 @@ class EquivalenceTests(SynchronousTestCase):
         """
         Refused with TypeError: bytes are required, and ints for the bounds.
         """
-        data = submit(b"12345678", b"x")
+        data = submitFrame(b"12345678", b"x")
         for args in [
             (bytearray(data), 99),
             (memoryview(data), 99),
@@ -255,7 +255,7 @@ class EquivalenceTests(SynchronousTestCase):
         Refused alike: a negative start; and by the compiled one, anything
         but bytes, an int bound and a list.
         """
-        data = submit(b"12345678", b"x")
+        data = submitFrame(b"12345678", b"x")
         for scanner in self.scanners():
             self.assertEqual(outcome(scanner, data, 99, [], -1), ValueError)
         for scanner in self.scanners()[1:]:
@@ -285,15 +285,15 @@ class EquivalenceTests(SynchronousTestCase):
     @given(st.lists(st.binary(min_size=8, max_size=8), min_size=1, max_size=40))
     def test_acksAreSubmitAcks(self, ids: list[bytes]) -> None:
         for _label, _, acks in _twoImplementations():
-            self.assertEqual(acks(ids), b"".join(ack(i) for i in ids))
+            self.assertEqual(acks(ids), b"".join(ackFrame(i) for i in ids))
 
     def test_largeRead(self) -> None:
         """
         A whole 64 KiB read of varied Submits, then a partial frame.
         """
-        data = b"".join(submit(b"%08d" % i, b"c" * (15 + i % 16)) for i in range(1800))
+        data = b"".join(submitFrame(b"%08d" % i, b"c" * (15 + i % 16)) for i in range(1800))
         partial = frame(b"\x02" + b"9" * 8 + b"tail")[:-2]
-        expected = (len(data), 1800, b"".join(ack(b"%08d" % i) for i in range(1800)))
+        expected = (len(data), 1800, b"".join(ackFrame(b"%08d" % i) for i in range(1800)))
         for _label, submitAcks, _ in _twoImplementations():
             self.assertEqual(submitAcks(data + partial, 1 << 20), expected)
 
@@ -407,10 +407,10 @@ class FallbackServerTests(TestCase):
             else:
                 os.environ["TCPDEMO_NO_ACCEL"] = saved
         self.addCleanup(server.kill)
-        data = b"".join(submit(b"%08d" % i, b"v" * (15 + i % 16)) for i in range(3000))
+        data = b"".join(submitFrame(b"%08d" % i, b"v" * (15 + i % 16)) for i in range(3000))
         with server.connect() as sock:
             for cut in range(0, len(data), 7001):
                 sock.sendall(data[cut : cut + 7001])
             got = recvExactly(sock, 14 * 3000)
             sock.shutdown(socket.SHUT_WR)
-        self.assertEqual(got, b"".join(ack(b"%08d" % i) for i in range(3000)))
+        self.assertEqual(got, b"".join(ackFrame(b"%08d" % i) for i in range(3000)))
