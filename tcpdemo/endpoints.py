@@ -115,12 +115,20 @@ class AdoptedListenerService(ListenerService):
         family: socket.AddressFamily,
         factory: Factory[Any],
         what: str,
+        backlog: int = 50,
     ):
         ListenerService.__init__(self, reactor, f"fd:{fd}", factory, what)
         self.fd = fd
         self.family = family
+        self.backlog = backlog
 
     def _listen(self) -> None:
+        # A replacement worker's socket comes bound but not listening, so
+        # that no connection waits in it while this worker starts: listen
+        # now (a socket that already listens just takes the backlog).
+        with socket.socket(self.family, socket.SOCK_STREAM, fileno=os.dup(self.fd)) as s:
+            s.setblocking(False)
+            s.listen(self.backlog)
         self.port = self.reactor.adoptStreamPort(self.fd, self.family, self.factory)
         os.close(self.fd)
         self.log.info(

@@ -238,8 +238,11 @@ class WorkerSockets(Service):
         self.count = count
         self.mode = mode
         #: By worker slot (reuseport), or the one shared socket; None: a
-        #: dead worker's, closed until its replacement starts.
-        self.ports: list[tcp.Port | None] = []
+        #: dead worker's, closed until its replacement starts; a plain
+        #: socket: a replacement's, bound by this process (L{fileno}).
+        self.ports: list[tcp.Port | socket.socket | None] = []
+        self._family = "INET"
+        self._address = ""
         self._bound: tuple[int, int, str] | None = None
         self.factory = Factory()
         self.factory.noisy = False
@@ -266,8 +269,7 @@ class WorkerSockets(Service):
         endpoint.listen(self.factory).addBoth(outcome.append)
         if isinstance(outcome[0], Failure):
             for port in self.ports:
-                if port is not None:
-                    port.stopListening()
+                _close(port)
             self.ports = []
             raise cannotListen("--port", self.description, outcome[0])
         how = (
@@ -289,7 +291,11 @@ class WorkerSockets(Service):
             port = listening.getHost().port
             self._bound = (port, backlog, interface)
         first = self.ports[0]
-        assert first is not None
+        assert isinstance(first, tcp.Port)
+        family = getattr(first, "addressFamily", socket.AF_INET)
+        self._family = "INET6" if family == socket.AF_INET6 else "INET"
+        host = first.getHost()
+        self._address = f"{host.type.lower()}:{host.host}:{host.port}"
         return first
 
     def _open(self, port: int, backlog: int, interface: str) -> tcp.Port:
@@ -302,15 +308,33 @@ class WorkerSockets(Service):
 
     def fileno(self, worker: int) -> int:
         """
-        The socket of worker number C{worker} (from 1), opened again if
-        L{release}d.  Raises L{error.CannotListenError} if it cannot be.
+        The socket of worker number C{worker} (from 1).  After a
+        L{release}, a fresh one, bound but not listening: the replacement
+        worker listens on it once it is ready to accept (L{listenOn}), so
+        that no connection waits in its queue while the worker starts.
+        Raises L{OSError} if it cannot be bound.
         """
         index = (worker - 1) % len(self.ports)
         listening = self.ports[index]
         if listening is None:
-            assert self._bound is not None
-            listening = self.ports[index] = self._open(*self._bound)
+            listening = self.ports[index] = self._bindFresh()
         return int(listening.fileno())
+
+    def _bindFresh(self) -> socket.socket:
+        assert self._bound is not None
+        port, _, interface = self._bound
+        family = socket.AF_INET6 if self.familyName() == "INET6" else socket.AF_INET
+        fresh = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            fresh.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            fresh.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            fresh.bind((interface or ("::" if family == socket.AF_INET6 else ""), port))
+            # As Twisted's own: a blocking accept would stall the worker.
+            fresh.setblocking(False)
+        except OSError:
+            fresh.close()
+            raise
+        return fresh
 
     def release(self, worker: int) -> None:
         """
@@ -321,29 +345,29 @@ class WorkerSockets(Service):
             return
         index = (worker - 1) % len(self.ports)
         listening, self.ports[index] = self.ports[index], None
-        if listening is not None:
-            listening.stopListening()
-
-    def _any(self) -> tcp.Port:
-        for listening in self.ports:
-            if listening is not None:
-                return listening
-        raise RuntimeError("no listening socket")
+        _close(listening)
 
     def familyName(self) -> str:
-        family = getattr(self._any(), "addressFamily", socket.AF_INET)
-        return "INET6" if family == socket.AF_INET6 else "INET"
+        return self._family
 
     def address(self) -> str:
-        host = self._any().getHost()
-        return f"{host.type.lower()}:{host.host}:{host.port}"
+        return self._address
 
     def stopService(self) -> Any:
         Service.stopService(self)
         ports, self.ports = self.ports, []
-        return defer.gatherResults(
-            [defer.maybeDeferred(p.stopListening) for p in ports if p is not None]
-        )
+        return defer.gatherResults([defer.maybeDeferred(_close, p) for p in ports])
+
+
+def _close(listening: tcp.Port | socket.socket | None) -> Any:
+    """
+    Close one of the parent's sockets, a listening port or a plain socket.
+    """
+    if isinstance(listening, tcp.Port):
+        return listening.stopListening()
+    if listening is not None:
+        listening.close()
+    return None
 
 
 class WorkerSupervisor(MultiService):
@@ -456,7 +480,7 @@ class WorkerSupervisor(MultiService):
                 path=None,
                 childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: fd},
             )
-        except (OSError, error.CannotListenError) as e:
+        except OSError as e:
             self.log.error("worker {worker} could not be started: {error}", worker=worker.number,
                            error=e)
             worker.started = self.reactor.seconds()

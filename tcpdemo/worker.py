@@ -117,7 +117,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     worker = options["worker-id"]
     factory = buildFactory(options, reactor, CollectorRegistry(), worker=worker)
     listener = AdoptedListenerService(
-        reactor, options["fd"], _FAMILIES[options["family"]], factory, "tcpdemo worker"
+        reactor,
+        options["fd"],
+        _FAMILIES[options["family"]],
+        factory,
+        "tcpdemo worker",
+        backlog=options["backlog"],
     )
     service = TcpDemoService(
         reactor,
