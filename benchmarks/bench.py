@@ -47,8 +47,10 @@ from typing import Any, Callable
 from benchmarks import report, vectors
 from benchmarks.servers import (
     ALL_SERVERS,
+    HANDLERS,
     PEERS,
     PRODUCT,
+    PRODUCT_ENVS,
     PROPOSALS,
     ROOT,
     STEP_NAMES,
@@ -132,6 +134,13 @@ SMOKE: dict[str, Scenario] = {
 
 #: The scenarios the steps run when --scenarios is not given.
 STEP_SCENARIOS = ("P", "R")
+#: The same for other kinds: the handlers' issue compares ack and sqlite
+#: under P, V and R; the accelerator matters where frames vary in size.
+KIND_SCENARIOS: dict[str, tuple[str, ...]] = {
+    **{name: STEP_SCENARIOS for name in STEP_NAMES},
+    **{name: ("P", "V", "R") for name in HANDLERS},
+    "final-pure": ("P", "V", "OV"),
+}
 
 
 def log(message: str) -> None:
@@ -498,7 +507,7 @@ class Bench:
             for runtime, python in interpreters.items():
                 for kind in options.servers:
                     wanted = {n: s for n, s in scenarios.items()
-                              if kind not in STEP_NAMES or n in STEP_SCENARIOS
+                              if kind not in KIND_SCENARIOS or n in KIND_SCENARIOS[kind]
                               or options.scenarios_chosen
                               or options.smoke}
                     try:
@@ -628,7 +637,7 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
                         "docs/protocol.md vectors and runs the scenarios against final]")
     parser.add_argument("--scenarios", type=names(tuple(SCENARIOS)), default=None,
                         help="scenarios [P,R,O,C,V,OV,OV20; without this option the steps run "
-                        "only P and R]")
+                        "only P and R, sqlite P, V and R, final-pure P, V and OV]")
     parser.add_argument("--runs", type=int, default=None,
                         help="rounds; each round runs every server once [3; smoke: 1]")
     parser.add_argument("--duration", type=float, default=None,
@@ -658,7 +667,8 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
     if options.runtimes is None:
         options.runtimes = ["current"] if smoke else ["cpython", "pypy"]
     if options.servers is None:
-        options.servers = list(STEP_NAMES) + [PRODUCT] + list(PEERS)
+        options.servers = (list(STEP_NAMES) + [PRODUCT] + list(PEERS) + list(HANDLERS)
+                           + list(PRODUCT_ENVS))
         if smoke:
             options.servers += list(PROPOSALS) + list(WORKERS)
     if options.runs is None:

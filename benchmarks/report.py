@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.servers import PEERS, PRODUCT, PROPOSALS, STEP_NAMES, WORKERS
+from benchmarks.servers import HANDLERS, PEERS, PRODUCT, PROPOSALS, STEP_NAMES, WORKERS
 
 TITLES = {
     "step0": "step0 naive",
@@ -31,6 +31,8 @@ TITLES = {
     "final-64k": "final, 64 KiB reads (experiment)",
     "workers1": "final --workers 1",
     "workers2": "final --workers 2",
+    "sqlite": "final --handler sqlite",
+    "final-pure": "final, pure Python (TCPDEMO_NO_ACCEL=1)",
 }
 SHORT = {
     "step0": "step0", "step1": "step1", "step2": "step2", "step3": "step3", "step4": "step4",
@@ -38,6 +40,7 @@ SHORT = {
     "final": "final", "streams": "streams peer", "protocol": "Protocol peer",
     "final-64k": "final, 64 KiB reads",
     "workers1": "--workers 1", "workers2": "--workers 2",
+    "sqlite": "sqlite", "final-pure": "final, pure Python",
 }
 RUNTIME_TITLES = {"cpython": "CPython", "pypy": "PyPy"}
 #: The order of the scenarios in the tables.
@@ -218,6 +221,40 @@ def workersTable(data: dict[str, Any]) -> str:
     ])
 
 
+def versusTable(data: dict[str, Any], kind: str, base: str, scenarios: Sequence[str],
+                baseName: str, kindName: str) -> str:
+    """
+    C{kind} against C{base} (the product, usually), scenario by scenario,
+    measured in the same run; or nothing if C{kind} was not run.
+    """
+    g = group(data)
+    if not any(key[1] == kind for key in g):
+        return ""
+    lines = [
+        f"| scenario | runtime | server | acks/s | server CPU µs/ack | p50 ms | p99 ms "
+        f"| server busy / waiting for a CPU, client busy, % | acks/s vs {baseName} "
+        f"| p99 vs {baseName} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for sc in scenarios:
+        for rt in runtimes(data):
+            baseAcks = stat(g, (rt, base, sc), "acks_per_s")
+            baseP99 = stat(g, (rt, base, sc), "p99_ms")
+            for server, name in ((base, baseName), (kind, kindName)):
+                key = (rt, server, sc)
+                if key not in g:
+                    continue
+                acks = stat(g, key, "acks_per_s")
+                p99 = stat(g, key, "p99_ms")
+                lines.append(
+                    f"| {sc} | {RUNTIME_TITLES.get(rt, rt)} | {name} | {_fmt(acks, ',.0f')} | "
+                    f"{_fmt(stat(g, key, 'server_cpu_us_per_ack'), '.3f')} | "
+                    f"{_fmt(stat(g, key, 'p50_ms'), '.2f', False)} | {_fmt(p99, '.2f')} | "
+                    f"{_busy(g, key)} | {_ratio(acks, baseAcks)} | {_ratio(p99, baseP99)} |"
+                )
+    return "\n".join(lines)
+
+
 def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """
     (target, measured, margin, met) for each target of issue 6.
@@ -271,6 +308,33 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                med(rt, PRODUCT, "OV20", "p99_ms"), GO_DEMO2_P99_MS, "ms")
         atMost(f"OV (open loop, varied sizes, 100 k/s), {name}: p99 ≤ 15 ms",
                med(rt, PRODUCT, "OV", "p99_ms"), 15.0, "ms")
+    # Issue 17: frames of varied sizes (V), with the compiled scanner on CPython.
+    for rt, limit in (("cpython", 0.15), ("pypy", 0.10)):
+        if rt in runtimes(data):
+            atMost(f"V, {RUNTIME_TITLES[rt]}: ≤ {limit:g} µs server CPU per ack (issue 17)",
+                   med(rt, PRODUCT, "V", "server_cpu_us_per_ack"), limit, "µs")
+    # Issue 15: the sqlite store against the default ack handler.
+    for rt in runtimes(data):
+        if (rt, "sqlite", "P") not in g:
+            continue
+        name = RUNTIME_TITLES.get(rt, rt)
+        acks = med(rt, "sqlite", "P", "acks_per_s")
+        if rt == "cpython":
+            if acks is None:
+                rows.append(("P, CPython, sqlite: ≥ 100,000 durable acks/s", "not measured",
+                             "", None))
+            else:
+                rows.append(("P, CPython, sqlite: ≥ 100,000 durable acks/s (issue 15)",
+                             f"{acks:,.0f} acks/s",
+                             "met" if acks >= 100_000 else
+                             f"{100 * (1 - acks / 100_000):.0f}% short", acks >= 100_000))
+        sqliteP99 = med(rt, "sqlite", "R", "p99_ms")
+        ackP99 = med(rt, PRODUCT, "R", "p99_ms")
+        if sqliteP99 is not None and ackP99:
+            ratio = sqliteP99 / ackP99
+            rows.append((f"R, {name}: p99 with sqlite ≤ 2× the ack handler's (issue 15)",
+                         f"{ratio:.2f}× ({sqliteP99:.3g} against {ackP99:.3g} ms)",
+                         "met" if ratio <= 2 else f"{ratio / 2:.2f}× the target", ratio <= 2))
     for rt in runtimes(data):
         name = RUNTIME_TITLES.get(rt, rt)
         atMost(f"C, {name}: ≤ 3 KiB server RSS per idle connection",
@@ -356,6 +420,18 @@ def summary(data: dict[str, Any]) -> str:
     workers = workersTable(data)
     if workers:
         lines += ["### `--workers 1` and `--workers 2`", "", workers, ""]
+    for kind in HANDLERS:
+        table = versusTable(data, kind, PRODUCT, ("P", "V", "R"), "ack", kind)
+        if table:
+            lines += [f"### Handlers: `--handler ack` (the default) and `--handler {kind}`",
+                      "", "Measured in the same run, interleaved; each server starts with a "
+                      "new, empty database.", "", table, ""]
+    pure = versusTable(data, "final-pure", PRODUCT, ("P", "V", "OV"), "final",
+                       "final, pure Python")
+    if pure:
+        lines += ["### The compiled scanner: the product with and without it",
+                  "", "`final, pure Python` is the product run with `TCPDEMO_NO_ACCEL=1`: the "
+                  "pure-Python fast path, which PyPy always uses.", "", pure, ""]
     failures = data.get("failures") or []
     if failures:
         lines += ["### Failures in this run", ""] + [f"- `{f.splitlines()[0]}`"

@@ -43,7 +43,16 @@ PROPOSALS = tuple(PRODUCT_VARIANTS)
 #: pinned (the workers need every CPU), so neither is its client: on a
 #: 2-core machine the client competes with the workers for the cores.
 WORKERS: dict[str, int] = {"workers1": 1, "workers2": 2}
-ALL_SERVERS = STEP_NAMES + (PRODUCT,) + tuple(PEERS) + PROPOSALS + tuple(WORKERS)
+#: The product with a handler other than the default C{ack} (issue 15), by
+#: kind: the C{--handler} spec, where C{{store}} becomes a path fresh for each
+#: start (a new database every time, deleted when the server stops).
+HANDLERS: dict[str, str] = {"sqlite": "sqlite:{store}"}
+#: The product with environment variables of its own: "final-pure" is the
+#: product without its compiled accelerator (issue 17; TCPDEMO_NO_ACCEL),
+#: to measure the accelerator against the pure-Python reference.
+PRODUCT_ENVS: dict[str, dict[str, str]] = {"final-pure": {"TCPDEMO_NO_ACCEL": "1"}}
+ALL_SERVERS = (STEP_NAMES + (PRODUCT,) + tuple(PEERS) + PROPOSALS + tuple(WORKERS)
+               + tuple(HANDLERS) + tuple(PRODUCT_ENVS))
 
 _LISTENING = re.compile(r"(tcpdemo server|tcpdemo metrics \(/metrics\)|tcpdemo debug \(/debug/\)) "
                         r"listening on tcp:[\d.]+:(\d+)")
@@ -105,6 +114,8 @@ class Server:
         self.metricsPort: int | None = None
         self.debugPort: int | None = None
         self._log: IO[bytes] | None = None
+        #: The database of a handler's store (see L{HANDLERS}), once chosen.
+        self.store: Path | None = None
         self.logPath = self.logDir / f"{kind}-{os.getpid()}-{time.monotonic_ns()}.log"
 
     @property
@@ -125,8 +136,12 @@ class Server:
         The options after C{twistd -n tcpdemo} if this is the product (with
         or without options), else None (a step or a peer).
         """
-        if self.kind == PRODUCT:
+        if self.kind == PRODUCT or self.kind in PRODUCT_ENVS:
             return []
+        if self.kind in HANDLERS:
+            if self.store is None:
+                self.store = self.logDir / f"{self.kind}-{os.getpid()}-{time.monotonic_ns()}.db"
+            return ["--handler", HANDLERS[self.kind].format(store=self.store)]
         if self.kind in PRODUCT_VARIANTS:
             return PRODUCT_VARIANTS[self.kind]
         if self.kind in WORKERS:
@@ -159,6 +174,7 @@ class Server:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(PRODUCT_ENVS.get(self.kind, {}))
         if self.kind in PEERS:
             env["PYTHONPATH"] = str(ROOT)
         elif self.productOptions() is None:
@@ -303,6 +319,10 @@ class Server:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self.store is not None:
+            # The handler's store and its journal files (sqlite's -wal, -shm).
+            for path in self.store.parent.glob(self.store.name + "*"):
+                path.unlink()
         return process.returncode
 
     def __enter__(self) -> Server:
