@@ -255,6 +255,13 @@ def versusTable(data: dict[str, Any], kind: str, base: str, scenarios: Sequence[
     return "\n".join(lines)
 
 
+def _figure(value: float) -> str:
+    """
+    Three significant digits, without an exponent for large values.
+    """
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
     """
     (target, measured, margin, met) for each target of issue 6.
@@ -271,7 +278,7 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         if value is None:
             rows.append((label, "not measured", "", None))
             return
-        rows.append((label, f"{value:.3g} {unit}",
+        rows.append((label, f"{_figure(value)} {unit}",
                      f"{value / limit:.2f}× the target" if value > limit else "met",
                      value <= limit))
 
@@ -333,7 +340,7 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         if sqliteP99 is not None and ackP99:
             ratio = sqliteP99 / ackP99
             rows.append((f"R, {name}: p99 with sqlite ≤ 2× the ack handler's (issue 15)",
-                         f"{ratio:.2f}× ({sqliteP99:.3g} against {ackP99:.3g} ms)",
+                         f"{ratio:.2f}× ({_figure(sqliteP99)} against {_figure(ackP99)} ms)",
                          "met" if ratio <= 2 else f"{ratio / 2:.2f}× the target", ratio <= 2))
     for rt in runtimes(data):
         name = RUNTIME_TITLES.get(rt, rt)
@@ -389,7 +396,8 @@ def summary(data: dict[str, Any]) -> str:
         + f"; client: {meta.get('client', '?')}; "
         + (f"server pinned to CPU {pin['server']}, client to CPU {pin['client']}"
            if pin else "no CPU pinning")
-        + f"; {meta.get('rounds', '?')} rounds of {meta.get('duration_s', '?')} s per "
+        + f"; {meta.get('rounds', '?')} round{'' if meta.get('rounds') == 1 else 's'} of "
+        f"{meta.get('duration_s', '?')} s per "
         f"scenario after {meta.get('warmup_s', '?')} s of warm-up; payloads of "
         f"{meta.get('payload_size', 20)} bytes."
         + (" **tcpdemo/protocol.py or frame.py changed while this run went on**: the "
