@@ -501,6 +501,15 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         if self._closing and not self._closed and not queue:
             self._finish()
 
+    def timeoutConnection(self) -> None:
+        # A client whose Submits are still at the handler is waiting for
+        # their acks, not idle: closing now would lose acks owed.  The
+        # handler's own timeout bounds the wait (result 2).
+        if self._queue:
+            self.setTimeout(self.timeOut)  # the expired call is gone: a new one
+            return
+        TcpDemoServerProtocol.timeoutConnection(self)
+
     def drain(self) -> None:
         # The parent parses what is buffered, then closes once every ack is
         # out (see _sendAnswered): reading must not resume meanwhile.
