@@ -165,16 +165,16 @@ class OrderTests(HandlerTestCase):
         handler = ManualHandler()
         svc = self.startService(handler, "--idle-timeout", "0.3")
         client = await self.connect(svc)
-        client.send(submits(range(1, 11)))
+        client.send(submitFrames(range(1, 11), b"x"))
         await waitUntil(lambda: handler.handed == 10)
         await sleep(0.8)
         self.assertFalse(client.closed.called, "closed while acks were owed")
         for batch, d in handler.batches:
             d.callback([4] * batch.count)
         await waitUntil(lambda: len(client.received) >= 10 * 14)
-        self.assertEqual(client.data, acks(range(1, 11), 4))
+        self.assertEqual(client.data, ackFrames(range(1, 11), 4))
         # Idle once nothing is owed: closed as before.
-        self.assertEqual(await client.closed, acks(range(1, 11), 4))
+        self.assertEqual(await client.closed, ackFrames(range(1, 11), 4))
         self.assertEqual(self.sample(svc, "tcpdemo_idle_timeouts_total"), 1)
 
     async def test_ackHandlerOnHandlerPath(self) -> None:
