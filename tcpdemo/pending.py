@@ -353,6 +353,9 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
     _queue: deque[PendingBatch]
     #: Submits of this connection handed over and not yet acked.
     _waiting = 0
+    #: Bytes of ConnAcks queued behind a batch still at the handler: a
+    #: Conn flood stops being read past --write-buffer-limit of them.
+    _readyBytes = 0
     #: Reading stopped for a pending bound, or by the transport (writes).
     _heldByBounds = False
     _heldByWrites = False
@@ -432,7 +435,9 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         queue = self._queue
         out = self._out
         if out:
-            queue.append(PendingBatch.ready(b"".join(out)))
+            ready = b"".join(out)
+            queue.append(PendingBatch.ready(ready))
+            self._readyBytes += len(ready)
             self._out = []
         ids = self._ids
         if not ids:
@@ -480,7 +485,9 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
             assert entry.acks is not None
             chunks.append(entry.acks)
             count = entry.count
-            if count:
+            if not count:
+                self._readyBytes -= len(entry.acks)
+            else:
                 released += count
                 results = entry.results
                 first = results[0]
@@ -525,7 +532,10 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         if self._lost or self._closing or self._draining:
             return
         runner = self.factory.runner
-        if self._waiting >= runner.maxPending:
+        if (
+            self._waiting >= runner.maxPending
+            or self._readyBytes > self.factory.writeBufferLimit
+        ):
             self._hold()
         elif runner.overTotal():
             runner.heldForTotal[self] = None

@@ -291,6 +291,32 @@ class BoundTests(HandlerTestCase):
         self.assertEqual(client.data, ackFrames(range(count)))
         self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
 
+    async def test_connAcksBehindABatchAreBounded(self) -> None:
+        """
+        ConnAcks owed behind a batch still at the handler are bounded too
+        (by --write-buffer-limit): a Conn flood stops being read, and every
+        ack arrives in order once the handler answers.
+        """
+        handler = ManualHandler()
+        svc = self.startService(handler, "--write-buffer-limit", "65536")
+        client = await self.connect(svc)
+        client.send(submitFrames([1], b"x"))
+        await waitUntil(lambda: handler.handed == 1)
+        count = 200_000  # 1 MB: read at ~250 kB/s (256 Conns a turn) unbounded
+        client.send(frame(encode(Conn(b""))) * count)
+        await sleep(1.0)
+        received = self.sample(svc, "tcpdemo_bytes_received_total")
+        await sleep(0.5)
+        self.assertEqual(
+            self.sample(svc, "tcpdemo_bytes_received_total"), received, "reading did not stop"
+        )
+        self.assertLess(received, 400_000)
+        handler.batches[0][1].callback(b"\x07")
+        connAck = frame(encode(ConnAck(0)))
+        expected = ackFrames([1], 7) + connAck * count
+        await waitUntil(lambda: len(client.received) >= len(expected), timeout=60)
+        self.assertEqual(client.data, expected)
+
     async def test_perProcess(self) -> None:
         """
         Past --max-pending-total every connection that reads stops.
