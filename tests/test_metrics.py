@@ -1,6 +1,8 @@
 """
-The read tally: the counts of every read reach the Prometheus counters in
-bulk, within FLUSH_DELAY, and always before a scrape of /metrics.
+Tests for L{tcpdemo.metrics}: the collectors L{ServerMetrics.create} makes
+(series that exist from the start, the worker label, the handler metrics),
+and the read tally: the counts of every read reach the Prometheus counters
+in bulk, within FLUSH_DELAY, and always before a scrape of /metrics.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from twisted.internet import threads
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from tcpdemo.metrics import FLUSH_DELAY, ReadTally, ServerMetrics, metricsSite
+from tcpdemo.metrics import (
+    FLUSH_DELAY,
+    HANDLER_BATCH_BUCKETS,
+    PER_WORKER,
+    PRECREATED_RESULTS,
+    PROTOCOL_ERROR_REASONS,
+    ReadTally,
+    ServerMetrics,
+    metricsSite,
+)
 from tcpdemo.protocol import TcpDemoServerFactory
 
 from .support import LOOPBACK, ackFrame, recvExactly, recvUntilClosed, submitFrame
@@ -30,6 +41,117 @@ def counted(metrics: ServerMetrics) -> dict[str, float]:
         name: registry.get_sample_value(f"tcpdemo_{name}_total") or 0.0
         for name in ("bytes_received", "bytes_sent", "req_recv", "rsp_send")
     }
+
+
+class ServerMetricsTests(SynchronousTestCase):
+    """
+    L{ServerMetrics.create}: what a scrape shows before anything happened.
+    """
+
+    def test_precreatedLabels(self) -> None:
+        """
+        Every protocol error reason, and the acks of results 0, 1 and 2, are
+        series at zero from the start (so that rate() and alerts see them);
+        a handler's own result appears only once used.
+        """
+        registry = CollectorRegistry()
+        metrics = ServerMetrics.create(registry)
+        for reason in PROTOCOL_ERROR_REASONS:
+            self.assertEqual(
+                registry.get_sample_value("tcpdemo_protocol_errors_total", {"reason": reason}),
+                0.0,
+                reason,
+            )
+        self.assertEqual(PRECREATED_RESULTS, (0, 1, 2))
+        for result in PRECREATED_RESULTS:
+            self.assertEqual(
+                registry.get_sample_value("tcpdemo_acks_total", {"result": str(result)}), 0.0
+            )
+        self.assertIsNone(registry.get_sample_value("tcpdemo_acks_total", {"result": "7"}))
+        metrics.acksFor(7).inc(3)
+        self.assertEqual(registry.get_sample_value("tcpdemo_acks_total", {"result": "7"}), 3.0)
+
+    def test_acksForBindsOnce(self) -> None:
+        """
+        L{ServerMetrics.acksFor} gives the same child for the same result.
+        """
+        metrics = ServerMetrics.create()
+        self.assertIs(metrics.acksFor(0), metrics.acksFor(0))
+        self.assertIs(metrics.acksFor(200), metrics.acksFor(200))
+        self.assertIsNot(metrics.acksFor(0), metrics.acksFor(200))
+
+    def test_workerLabel(self) -> None:
+        """
+        In a worker, the L{PER_WORKER} collectors carry its number, already
+        bound; the others have no worker label.
+        """
+        registry = CollectorRegistry()
+        metrics = ServerMetrics.create(registry, worker="3")
+        for name in PER_WORKER:
+            getattr(metrics, name).inc()
+        for name in ("connections", "req_recv", "rsp_send", "bytes_received", "bytes_sent"):
+            self.assertEqual(
+                registry.get_sample_value(f"tcpdemo_{name}_total", {"worker": "3"}), 1.0, name
+            )
+            self.assertIsNone(registry.get_sample_value(f"tcpdemo_{name}_total"), name)
+        self.assertEqual(
+            registry.get_sample_value("tcpdemo_client_connected", {"worker": "3"}), 1.0
+        )
+        metrics.idle_timeouts.inc()
+        self.assertEqual(registry.get_sample_value("tcpdemo_idle_timeouts_total"), 1.0)
+
+    def test_noWorkerLabel(self) -> None:
+        """
+        In a single process, no collector has a worker label.
+        """
+        registry = CollectorRegistry()
+        metrics = ServerMetrics.create(registry)
+        metrics.connections.inc()
+        self.assertEqual(registry.get_sample_value("tcpdemo_connections_total"), 1.0)
+        for family in registry.collect():
+            for sample in family.samples:
+                self.assertNotIn("worker", sample.labels, sample.name)
+
+    def test_handlerMetrics(self) -> None:
+        """
+        The handler's collectors: batch seconds in L{HANDLER_BATCH_BUCKETS},
+        the pending gauge, errors and timeouts, all at zero from the start.
+        """
+        registry = CollectorRegistry()
+        metrics = ServerMetrics.create(registry)
+        for name in (
+            "tcpdemo_handler_pending",
+            "tcpdemo_handler_errors_total",
+            "tcpdemo_handler_timeouts_total",
+            "tcpdemo_handler_batch_seconds_count",
+        ):
+            self.assertEqual(registry.get_sample_value(name), 0.0, name)
+        metrics.handler_batch_seconds.observe(0.003)
+        metrics.handler_pending.inc(5)
+        metrics.handler_errors.inc()
+        metrics.handler_timeouts.inc(2)
+
+        def bucket(bound: float) -> float | None:
+            return registry.get_sample_value(
+                "tcpdemo_handler_batch_seconds_bucket", {"le": str(bound)}
+            )
+
+        self.assertEqual(bucket(0.0025), 0.0)
+        self.assertEqual(bucket(0.005), 1.0)
+        self.assertEqual(
+            registry.get_sample_value("tcpdemo_handler_batch_seconds_bucket", {"le": "+Inf"}), 1.0
+        )
+        bounds = {
+            float(sample.labels["le"])
+            for family in registry.collect()
+            if family.name == "tcpdemo_handler_batch_seconds"
+            for sample in family.samples
+            if sample.name.endswith("_bucket")
+        }
+        self.assertEqual(bounds, {*HANDLER_BATCH_BUCKETS, float("inf")})
+        self.assertEqual(registry.get_sample_value("tcpdemo_handler_pending"), 5.0)
+        self.assertEqual(registry.get_sample_value("tcpdemo_handler_errors_total"), 1.0)
+        self.assertEqual(registry.get_sample_value("tcpdemo_handler_timeouts_total"), 2.0)
 
 
 class ReadTallyTests(SynchronousTestCase):
