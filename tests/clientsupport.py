@@ -30,17 +30,6 @@ LOCALHOST = "127.0.0.1"
 reactor: Any = _reactor
 
 
-@defer.inlineCallbacks
-def freePort() -> Any:
-    """
-    A loopback port that nothing listens on: listen on one, note it, stop.
-    """
-    port = reactor.listenTCP(0, ServerFactory(), interface=LOCALHOST)
-    number = cast(IPv4Address, port.getHost()).port
-    yield port.stopListening()
-    return number
-
-
 class FakeServer(FrameReceiver):
     """
     Answers each Submit with C{answer(n, id)}; subclasses break one thing.

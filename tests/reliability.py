@@ -148,21 +148,15 @@ def loggedOrLeftOut(text: str) -> dict[str, int]:
 # Processes, through /proc
 
 
-def rssOf(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def openFds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def listeningAddresses(pid: int) -> set[tuple[str, int]]:
+def tcpSockets(pid: int) -> list[tuple[str, int, str]]:
     """
-    The (host, port) of every TCP socket in LISTEN state that C{pid} holds.
+    The (local host, local port, state) of every TCP socket C{pid} holds;
+    the state as C{/proc/net/tcp} writes it (C{0A}: LISTEN, C{01}:
+    ESTABLISHED...).
     """
     inodes = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -172,7 +166,7 @@ def listeningAddresses(pid: int) -> set[tuple[str, int]]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[len("socket:[") : -1])
-    found = set()
+    found = []
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:
             with open(f"/proc/{pid}/net/{table}") as f:
@@ -182,7 +176,7 @@ def listeningAddresses(pid: int) -> set[tuple[str, int]]:
         for row in rows:
             fields = row.split()
             local, state, inode = fields[1], fields[3], fields[9]
-            if state != "0A" or inode not in inodes:
+            if inode not in inodes:
                 continue
             hexHost, hexPort = local.split(":")
             raw = bytes.fromhex(hexHost)
@@ -191,8 +185,29 @@ def listeningAddresses(pid: int) -> set[tuple[str, int]]:
             else:
                 words = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
                 host = socket.inet_ntop(family, words)
-            found.add((host, int(hexPort, 16)))
+            found.append((host, int(hexPort, 16), state))
     return found
+
+
+def listeningAddresses(pid: int) -> set[tuple[str, int]]:
+    """
+    The (host, port) of every TCP socket in LISTEN state that C{pid} holds.
+    """
+    return {(host, port) for host, port, state in tcpSockets(pid) if state == "0A"}
+
+
+def waitForScrapesClosed(server: TwistdServer) -> None:
+    """
+    Wait until C{server} has closed its side of every /metrics connection
+    (a scrape's), so that they do not count in its descriptors or memory.
+    """
+
+    def held() -> list[tuple[str, int, str]]:
+        return [
+            s for s in tcpSockets(server.pid) if s[1] == server.metricsPort and s[2] != "0A"
+        ]
+
+    waitFor(lambda: not held(), what="the server to close the scrapes' connections")
 
 
 def raiseOwnFileLimit(wanted: int) -> int:

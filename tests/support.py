@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOOPBACK = "127.0.0.1"
@@ -24,7 +26,11 @@ LOOPBACK = "127.0.0.1"
 
 def freePort() -> int:
     """
-    A TCP port on loopback that was free a moment ago.
+    A TCP port on loopback that was free a moment ago: for a port that
+    nothing must listen on, or for programs that cannot listen on port 0 and
+    say which port they got (haproxy, Prometheus).  Our own servers listen on
+    port 0 and the tests read the port back (L{TwistdServer.listeningPort}),
+    which cannot race with another process taking the port meanwhile.
     """
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
@@ -147,8 +153,9 @@ class TwistdServer:
         C{extraPath}: more directories for the child's C{PYTHONPATH} (test
         plugins, say).
         """
-        self.port = freePort()
-        self.metricsPort = freePort() if metrics else None
+        #: Both listen on port 0; the ports chosen are read back from the log.
+        self.port = 0
+        self.metricsPort: int | None = None
         self.logPath = os.path.join(workdir, "twistd.log")
         command = [sys.executable, twistdScript] if twistdScript else twistdCommand()
         args = command + [
@@ -158,9 +165,9 @@ class TwistdServer:
             self.logPath,
             "tcpdemo",
             "--port",
-            f"tcp:{self.port}:interface={LOOPBACK}",
+            f"tcp:0:interface={LOOPBACK}",
             "--metrics",
-            f"tcp:{self.metricsPort}:interface={LOOPBACK}" if metrics else "none",
+            f"tcp:0:interface={LOOPBACK}" if metrics else "none",
             *extraArgs,
         ]
         self.process = subprocess.Popen(
@@ -171,10 +178,10 @@ class TwistdServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        self.waitForLog(r"tcpdemo server listening on")
+        self.port = self.listeningPort(r"tcpdemo server listening on")
         if metrics:
             # Listened just after the server: a scrape may not come earlier.
-            self.waitForLog(r"tcpdemo metrics \(/metrics\) listening on")
+            self.metricsPort = self.listeningPort(r"tcpdemo metrics \(/metrics\) listening on")
 
     @property
     def pid(self) -> int:
@@ -201,6 +208,16 @@ class TwistdServer:
             f"twistd never logged {pattern!r}; log:\n{self.log()}\nstderr:\n{stderr}"
         )
 
+    def listeningPort(self, what: str) -> int:
+        """
+        Wait for the log line C{what} (a pattern), C{... listening on
+        tcp:HOST:PORT}; return the port, which the kernel chose.
+        """
+        pattern = what + r" tcp:[^:\s]+:(\d+)"
+        match = re.search(pattern, self.waitForLog(pattern))
+        assert match is not None
+        return int(match.group(1))
+
     def connect(self, timeout: float = 10.0) -> socket.socket:
         sock = socket.create_connection((LOOPBACK, self.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -224,11 +241,7 @@ class TwistdServer:
         return samples
 
     def rssBytes(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        return rssOf(self.pid)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """
@@ -247,6 +260,17 @@ class TwistdServer:
         if self.process.poll() is None:
             self.process.kill()
         self.process.communicate(timeout=10)
+
+
+def rssOf(pid: int) -> int:
+    """
+    The resident set size of process C{pid}, in bytes (from C{/proc}).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def recvExactly(sock: socket.socket, size: int) -> bytes:
@@ -281,13 +305,39 @@ def recvUntilClosed(sock: socket.socket, timeout: float = 10.0) -> bytes:
     return b"".join(chunks)
 
 
-def waitFor(condition, timeout: float = 10.0, interval: float = 0.05, what: str = "") -> None:  # type: ignore[no-untyped-def]
+def waitFor(
+    condition: Callable[..., object], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+) -> None:
+    """
+    Poll C{condition} (blocking) until it holds; fail after C{timeout} seconds.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what or condition}")
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    """
+    A Deferred that fires after C{seconds} on the global reactor.
+    """
+    from twisted.internet import reactor
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def waitUntil(condition: Callable[[], bool], what: str = "", timeout: float = 10.0) -> None:
+    """
+    L{waitFor} for tests that run on the reactor: poll C{condition} without
+    blocking it, and fail after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        await sleep(0.01)
 
 
 def waitUntilSteady(read: Callable[[], object], pause: float, what: str) -> None:

@@ -25,10 +25,9 @@ from tests.clientsupport import (
     LoadTestsMixin,
     WrongId,
     WrongResult,
-    freePort,
     reactor,
 )
-from tests.support import REPO_ROOT, subprocessEnv
+from tests.support import REPO_ROOT, freePort, subprocessEnv
 
 
 class OptionsTests(unittest.TestCase):
@@ -218,7 +217,7 @@ class CommandLineTests(LoadTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_cannotConnect(self) -> Any:
-        free = yield freePort()
+        free = freePort()
         out, err, code = yield self.client("--port", str(free), "-c", "2", "-q")
         self.assertEqual(code, 2, err)
         self.assertIn(b"could not connect", err)

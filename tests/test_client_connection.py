@@ -42,10 +42,9 @@ from tests.clientsupport import (
     WrongCommand,
     WrongId,
     WrongResult,
-    freePort,
     reactor,
 )
-from tests.support import REPO_ROOT, subprocessEnv
+from tests.support import REPO_ROOT, freePort, subprocessEnv
 
 
 class Reflects(FakeServer):
@@ -224,7 +223,7 @@ class RealServerTests(ClientTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_cannotConnect(self) -> Any:
-        free = yield freePort()
+        free = freePort()
         error = yield self.assertFailure(
             connect(reactor, f"tcp:{LOCALHOST}:{free}"), ConnectFailed
         )

@@ -50,9 +50,9 @@ from tests.clientsupport import (
     WrongCommand,
     WrongId,
     WrongResult,
-    freePort,
     reactor,
 )
+from tests.support import freePort
 
 
 class EncoderTests(unittest.TestCase):
@@ -212,7 +212,7 @@ class RealServerTests(LoadTestsMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_cannotConnect(self) -> Any:
-        free = yield freePort()
+        free = freePort()
         error = yield self.assertFailure(
             self.load(f"tcp:{LOCALHOST}:{free}", connections=3, count=10), SetupError
         )

@@ -16,7 +16,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from typing import Any, Callable, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 from xml.etree import ElementTree
 
 from twisted.internet import defer
@@ -25,7 +25,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
@@ -49,28 +48,13 @@ from tcpdemo.metrics import ServerMetrics
 from tcpdemo.protocol import TcpDemoServerFactory
 from tcpdemo.tap import Options
 
-from .support import LOOPBACK, freePort, subprocessEnv, twistdCommand
+from .support import LOOPBACK, freePort, sleep, subprocessEnv, twistdCommand, waitUntil
 
 PYPY = platform.python_implementation() == "PyPy"
 #: The global reactor, typed loosely: it provides many interfaces at once.
 reactor: Any = _reactor
 
 # Helpers
-
-
-async def sleep(seconds: float) -> None:
-    await deferLater(reactor, seconds, lambda: None)
-
-
-async def waitUntil(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """
-    Poll C{condition} on the reactor until it holds, or fail after C{timeout}.
-    """
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await sleep(0.02)
 
 
 class Response(NamedTuple):
@@ -317,7 +301,9 @@ class ProfileUnderLoadTests(HTTPTestCase):
         args = [sys.executable, "-c", LOAD_SCRIPT, str(serverPort.getHost().port), "30", "50000000"]
         reactor.spawnProcess(load, sys.executable, args, env=subprocessEnv())
         self.addCleanup(load.kill)
-        await waitUntil(lambda: acked() >= 10000 or load.ended.called, "the load to start")
+        await waitUntil(
+            lambda: acked() >= 10000 or load.ended.called, "the load to start", timeout=15
+        )
         self.assertFalse(load.ended.called, load.text())
 
         before = acked()

@@ -5,7 +5,7 @@ server in this process so that the tests hold the handler's Deferreds.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, protocol, reactor
@@ -21,7 +21,7 @@ from tcpdemo.handlers.ack import AckHandler
 from tcpdemo.packet import Conn, ConnAck, encode
 
 from .handlerkit import ManualHandler, ScriptedHandler
-from .support import ackFrame, ackFrames, submitFrame, submitFrames
+from .support import ackFrame, ackFrames, sleep, submitFrame, submitFrames, waitUntil
 
 
 class Collector(protocol.Protocol):
@@ -42,20 +42,6 @@ class Collector(protocol.Protocol):
     def send(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def waitUntil(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await sleep(0.01)
-    raise AssertionError("timed out waiting")
 
 
 class HandlerTestCase(TestCase):

@@ -36,7 +36,6 @@ from .reliability import (
     errorCounts,
     loggedOrLeftOut,
     report,
-    rssOf,
     waitForProgress,
 )
 from .support import (
@@ -47,6 +46,7 @@ from .support import (
     metric,
     rawFrame,
     recvUntilClosed,
+    rssOf,
     submitFrame,
     waitFor,
 )

@@ -11,7 +11,13 @@ import signal
 import socket
 import time
 
-from .reliability import ServerTestCase, openFds, raiseOwnFileLimit, report
+from .reliability import (
+    ServerTestCase,
+    openFds,
+    raiseOwnFileLimit,
+    report,
+    waitForScrapesClosed,
+)
 from .support import (
     LOOPBACK,
     ackFrame,
@@ -56,7 +62,7 @@ class ManyConnectionsTests(ServerTestCase):
         waitFor(lambda: metric(server.scrape(), "tcpdemo_client_connected") == 0)
         # As before fdsHeld below: let the server close its side of the
         # scrape's HTTP connection, which would otherwise count here.
-        time.sleep(0.5)
+        waitForScrapesClosed(server)
         before = server.rssBytes()
         fdsBefore = openFds(server.pid)
 
@@ -95,7 +101,7 @@ class ManyConnectionsTests(ServerTestCase):
         self.assertEqual(metric(samples, "tcpdemo_client_connected"), CONNECTIONS)
         self.assertEqual(metric(samples, "tcpdemo_req_recv_total"), 1000 + 2 * CONNECTIONS)
         self.assertEqual(metric(samples, "tcpdemo_connections_refused_total"), 0)
-        time.sleep(0.5)
+        waitForScrapesClosed(server)
         held = server.rssBytes()
         fdsHeld = openFds(server.pid)
         self.assertGreaterEqual(fdsHeld - fdsBefore, CONNECTIONS)

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcpdemo.scrape import MAX_WAITING, SCRAPE_INTERVAL
 
-from .support import LOOPBACK, TwistdServer, ackFrame, freePort, recvExactly, submitFrame
+from .support import LOOPBACK, TwistdServer, ackFrame, recvExactly, submitFrame
 
 #: The announced body: 200 MiB.
 BIG = 200 * 2**20
@@ -153,9 +153,8 @@ class ScrapeTests(SynchronousTestCase):
         self.assertBodyRefused(server, server.metricsPort, "/metrics")
 
     def test_debugRefusesBodies(self) -> None:
-        port = freePort()
-        server = self.startServer("--debug", f"tcp:{port}:interface={LOOPBACK}")
-        server.waitForLog(r"debug \(/debug/\) listening on")
+        server = self.startServer("--debug", f"tcp:0:interface={LOOPBACK}")
+        port = server.listeningPort(r"tcpdemo debug \(/debug/\) listening on")
         self.assertBodyRefused(server, port, "/debug/")
 
     def test_concurrentScrapesShareRenderings(self) -> None:

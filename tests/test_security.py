@@ -178,9 +178,8 @@ class DebugEndpointTests(ServerTestCase):
         --debug tcp:PORT:interface=127.0.0.1 serves /debug/ there, and every
         listener of the process is on loopback.
         """
-        port = freePort()
-        server = self.startServer("--debug", f"tcp:{port}:interface={LOOPBACK}")
-        server.waitForLog(rf"debug \(/debug/\) listening on tcp:127\.0\.0\.1:{port}")
+        server = self.startServer("--debug", f"tcp:0:interface={LOOPBACK}")
+        port = server.listeningPort(r"tcpdemo debug \(/debug/\) listening on")
         with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/debug/", timeout=10) as response:
             self.assertEqual(response.status, 200)
             self.assertIn(b"/debug/profile", response.read())
@@ -250,11 +249,10 @@ class TLSTests(ServerTestCase):
     def startTLS(self) -> tuple[int, str]:
         directory = self.workdir()
         pem, cert = makeCertificate(directory)
-        port = freePort()
         self.server = self.startServer(
-            "--port", f"ssl:{port}:interface={LOOPBACK}:privateKey={pem}:certKey={pem}"
+            "--port", f"ssl:0:interface={LOOPBACK}:privateKey={pem}:certKey={pem}"
         )
-        return port, cert
+        return self.server.port, cert
 
     def tlsConnect(self, port: int, cert: str) -> ssl.SSLSocket:
         context = ssl.create_default_context(cafile=cert)

@@ -17,8 +17,8 @@ from tcpdemo import tap
 from tcpdemo.handlers import SubmitBatch
 from tcpdemo.handlers.sqlite import CHUNK, SqliteHandler, readStored
 
-from .support import ackFrame, ackFrames, submitFrame, submitFrames
-from .test_handlers import HandlerTestCase, waitUntil
+from .support import ackFrame, ackFrames, submitFrame, submitFrames, waitUntil
+from .test_handlers import HandlerTestCase
 
 
 def batch(first: int, count: int, payload: bytes = b"", connection: int = 1) -> SubmitBatch:

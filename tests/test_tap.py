@@ -19,7 +19,7 @@ from twisted.web.client import Agent, readBody
 from tcpdemo import endpoints, limits, tap
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH
 
-from .support import ackFrame, submitFrame
+from .support import ackFrame, submitFrame, waitUntil
 
 
 class OptionsTests(SynchronousTestCase):
@@ -135,8 +135,7 @@ class ServiceTests(TestCase):
         client = await self.connect(svc)
         frames = b"".join(submitFrame(i, b"x") for i in range(1, 1001))
         client.transport.write(frames)  # type: ignore[union-attr]
-        while len(client.data) < 14 * 1000:
-            await deferLater(0.01)
+        await waitUntil(lambda: len(client.data) >= 14 * 1000, "1000 acks")
         self.assertEqual(client.data, b"".join(ackFrame(i) for i in range(1, 1001)))
 
         assert svc.metricsListener is not None and svc.metricsListener.port is not None
@@ -162,8 +161,7 @@ class ServiceTests(TestCase):
         second = await self.connect(svc)
         self.assertEqual(await second.closed, b"")
         first.transport.write(submitFrame(1))  # type: ignore[union-attr]
-        while len(first.data) < 14:
-            await deferLater(0.01)
+        await waitUntil(lambda: len(first.data) >= 14, "the ack")
         self.assertEqual(first.data, ackFrame(1))
         registry = svc.factory.metrics.registry
         self.assertEqual(registry.get_sample_value("tcpdemo_connections_refused_total"), 1)
@@ -193,12 +191,6 @@ class ServiceTests(TestCase):
 
         error = self.assertRaises(StartupError, clash.privilegedStartService)
         self.assertIn(f"--port: cannot listen on 127.0.0.1:{port}", str(error))
-
-
-def deferLater(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)
 
 
 class FileLimitTests(SynchronousTestCase):

@@ -155,7 +155,7 @@ class BackoffTests(SynchronousTestCase):
         worker = supervisor.workers[0]
         supervisor._spawn(worker)
         self.assertEqual(len(reactor.spawned), 1)
-        self.assertEqual(supervisor.restarts._value.get(), 0)
+        self.assertEqual(supervisor.registry.get_sample_value("tcpdemo_worker_restarts_total"), 0)
         killed = Failure(error.ProcessTerminated(signal=signal.SIGKILL))
 
         delays = []
@@ -166,7 +166,7 @@ class BackoffTests(SynchronousTestCase):
             reactor.advance(delays[-1])
         self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30])
         self.assertEqual(len(reactor.spawned), 9)
-        self.assertEqual(supervisor.restarts._value.get(), 8)
+        self.assertEqual(supervisor.registry.get_sample_value("tcpdemo_worker_restarts_total"), 8)
 
         # A worker that lived 60 s starts the schedule again.
         reactor.advance(BACKOFF_RESET)
