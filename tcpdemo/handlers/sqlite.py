@@ -196,9 +196,19 @@ class SqliteHandler:
                 self._commit(db, work)
         finally:
             db.close()
-            stopped = self._stopped
-            if stopped is not None:
-                self.reactor.callFromThread(stopped.callback, None)
+            if self._stopped is not None:
+                self.reactor.callFromThread(self._writerDone)
+
+    def _writerDone(self) -> None:
+        """
+        In the reactor, once the writer has closed the file: fire
+        L{stopHandler}'s Deferred only when the thread is gone.  The join
+        waits for the writer to return from its last statement, not for
+        any work.
+        """
+        assert self._thread is not None and self._stopped is not None
+        self._thread.join()
+        self._stopped.callback(None)
 
     def _commit(
         self, db: sqlite3.Connection, work: list[tuple[SubmitBatch, Deferred[Results]]]
