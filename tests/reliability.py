@@ -535,16 +535,21 @@ def waitForProgress(load: PipelinedLoad, more: int = 1, timeout: float = 20.0) -
     Wait until C{load} has received C{more} further acks.
     """
     start = load.acked
-    deadline = time.monotonic() + timeout
-    while load.acked < start + more:
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"the clean load made no progress: {load.acked - start} acks in {timeout}s; "
-                f"errors: {load.errors}"
-            )
-        if not load.is_alive():
-            raise AssertionError(f"the load thread ended: {load.errors}")
-        time.sleep(0.01)
+    try:
+        waitFor(
+            lambda: load.acked >= start + more,
+            timeout,
+            interval=0.01,
+            what=f"{more} more acks",
+            unless=lambda: not load.is_alive(),
+        )
+    except AssertionError:
+        if not load.is_alive() and load.acked < start + more:
+            raise AssertionError(f"the load thread ended: {load.errors}") from None
+        raise AssertionError(
+            f"the clean load made no progress: {load.acked - start} acks in {timeout}s; "
+            f"errors: {load.errors}"
+        ) from None
 
 
 def sendChunks(sock: socket.socket, chunks: Sequence[bytes]) -> bool:

@@ -194,15 +194,21 @@ class TwistdServer:
         except FileNotFoundError:
             return ""
 
+    def ended(self) -> bool:
+        return self.process.poll() is not None
+
     def waitForLog(self, pattern: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log()
-            if re.search(pattern, text):
-                return text
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
+        """
+        Wait (L{waitFor}) until the log matches C{pattern}; return the log.
+        """
+        try:
+            waitFor(
+                lambda: re.search(pattern, self.log()), timeout, what=pattern, unless=self.ended
+            )
+        except AssertionError:
+            pass
+        else:
+            return self.log()
         stderr = self.stopAndReadStderr()
         raise AssertionError(
             f"twistd never logged {pattern!r}; log:\n{self.log()}\nstderr:\n{stderr}"
@@ -306,17 +312,25 @@ def recvUntilClosed(sock: socket.socket, timeout: float = 10.0) -> bytes:
 
 
 def waitFor(
-    condition: Callable[..., object], timeout: float = 10.0, interval: float = 0.05, what: str = ""
+    condition: Callable[..., object],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "",
+    unless: Callable[[], bool] | None = None,
 ) -> None:
     """
-    Poll C{condition} (blocking) until it holds; fail after C{timeout} seconds.
+    Poll C{condition} (blocking) until it holds; fail after C{timeout}
+    seconds, or as soon as C{unless} holds (the process that would make
+    C{condition} true has ended, say).  The one blocking poll of the tests.
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
+        if unless is not None and unless():
+            raise AssertionError(f"gave up waiting for {what or condition}")
         time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what or condition}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -405,16 +419,16 @@ def waitForWorkers(server: TwistdServer, count: int, timeout: float = 60.0) -> d
     Wait until C{count} workers of C{server} have logged that they accept;
     return their pids.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = server.log()
-        ready = set(re.findall(r"worker (\d+): tcpdemo worker accepting on", log))
-        if len(ready) >= count:
-            return workerPids(log)
-        if server.process.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise AssertionError(f"{count} workers never accepted; log:\n{server.log()}")
+
+    def ready() -> bool:
+        accepting = re.findall(r"worker (\d+): tcpdemo worker accepting on", server.log())
+        return len(set(accepting)) >= count
+
+    try:
+        waitFor(ready, timeout, what=f"{count} workers", unless=server.ended)
+    except AssertionError:
+        raise AssertionError(f"{count} workers never accepted; log:\n{server.log()}") from None
+    return workerPids(server.log())
 
 
 def perWorker(samples: dict[str, float], name: str) -> dict[int, float]:

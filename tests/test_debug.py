@@ -754,9 +754,14 @@ class TwistdTests(TestCase):
         With C{--debug} on loopback, the endpoints answer from the server
         process: the index, and a short profile of it.
         """
-        port = freePort()
-        child = self.twistd("--debug", f"tcp:{port}:interface={LOOPBACK}")
-        await child.waitFor(f"tcpdemo debug (/debug/) listening on tcp:{LOOPBACK}:{port}".encode())
+        child = self.twistd("--debug", f"tcp:0:interface={LOOPBACK}")
+        # Port 0: the port chosen is read back from the line, once whole.
+        listening = rf"tcpdemo debug \(/debug/\) listening on tcp:{re.escape(LOOPBACK)}:(\d+)\n"
+        await child.waitFor(b"tcpdemo debug (/debug/) listening on")
+        await waitUntil(lambda: re.search(listening, child.text()) is not None, "the debug port")
+        match = re.search(listening, child.text())
+        assert match is not None
+        port = int(match.group(1))
         pool = HTTPConnectionPool(reactor)
         self.addCleanup(pool.closeCachedConnections)
         agent = Agent(reactor, pool=pool)

@@ -127,7 +127,7 @@ class DebugEndpointTests(ServerTestCase):
                 os.path.join(workdir, "twistd.log"),
                 "tcpdemo",
                 "--port",
-                f"tcp:{freePort()}:interface={LOOPBACK}",
+                f"tcp:0:interface={LOOPBACK}",
                 "--metrics",
                 "none",
                 *args,

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcpdemo import tap
 
-from .support import LOOPBACK, freePort, subprocessEnv, twistdCommand
+from .support import LOOPBACK, subprocessEnv, twistdCommand
 from .test_security import makeCertificate
 
 
@@ -32,13 +32,13 @@ class StartupErrorTests(SynchronousTestCase):
         self, args: list[str], logfile: bool = True
     ) -> tuple[int, list[str], str, str]:
         """
-        Run C{twistd -n tcpdemo ARGS} (metrics off and a free loopback port
+        Run C{twistd -n tcpdemo ARGS} (metrics off and loopback port 0
         unless ARGS say otherwise) to its end: its status, its standard
         error's lines, its standard output and its log.
         """
         workdir = self.workdir()
         log = os.path.join(workdir, "twistd.log")
-        defaults = ["--port", f"tcp:{freePort()}:interface={LOOPBACK}", "--metrics", "none"]
+        defaults = ["--port", f"tcp:0:interface={LOOPBACK}", "--metrics", "none"]
         done = subprocess.run(
             twistdCommand()
             + ["-n", "--pidfile="]
