@@ -54,6 +54,10 @@ DEFAULT_MAX_PENDING = 10_000
 #: reads stops reading: with ~100-byte Submits about 10 MB held, and room for
 #: group commits of tens of thousands.  Lower it for large payloads.
 DEFAULT_MAX_PENDING_TOTAL = 100_000
+#: Bytes of Submit frames of the whole process not yet acked before every
+#: connection that reads stops reading: the Submit counts above bound small
+#: Submits, this bounds large ones (100,000 Submits of 1 MiB would be 100 GB).
+DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 #: At most one log line per this many seconds about handler errors and
 #: timeouts, counting those left out.
 PROBLEM_LOG_INTERVAL = 10.0
@@ -106,6 +110,7 @@ class PendingBatch:
         "protocol",
         "ids",
         "count",
+        "size",
         "acks",
         "results",
         "started",
@@ -114,10 +119,14 @@ class PendingBatch:
         "orphaned",
     )
 
-    def __init__(self, protocol: HandlerServerProtocol | None, ids: list[bytes]) -> None:
+    def __init__(
+        self, protocol: HandlerServerProtocol | None, ids: list[bytes], size: int = 0
+    ) -> None:
         self.protocol = protocol
         self.ids = ids
         self.count = len(ids)
+        #: The bytes of its Submit frames, counted against the byte bound.
+        self.size = size
         self.acks: bytes | None = None
         self.results = b""
         self.started = 0.0
@@ -156,6 +165,7 @@ class HandlerRunner:
         maxPending: int = DEFAULT_MAX_PENDING,
         maxPendingTotal: int = DEFAULT_MAX_PENDING_TOTAL,
         problemLogInterval: float = PROBLEM_LOG_INTERVAL,
+        maxPendingBytes: int = DEFAULT_MAX_PENDING_BYTES,
     ) -> None:
         self.handler = handler
         self.metrics = metrics
@@ -163,10 +173,13 @@ class HandlerRunner:
         self.timeout = timeout or None
         self.maxPending = maxPending
         self.maxPendingTotal = maxPendingTotal
+        self.maxPendingBytes = maxPendingBytes
         self.problemLogInterval = problemLogInterval
         #: Submits handed to the handler and not yet acked (or dropped with
         #: their connection), process-wide.
         self.waiting = 0
+        #: The bytes of their frames.
+        self.waitingBytes = 0
         #: Batches handed to the handler and not yet answered.
         self.outstanding = 0
         self.heldForTotal: dict[HandlerServerProtocol, None] = {}
@@ -185,6 +198,7 @@ class HandlerRunner:
         """
         count = entry.count
         self.waiting += count
+        self.waitingBytes += entry.size
         self.outstanding += 1
         self.metrics.handler_pending.inc(count)
         entry.started = time.monotonic()
@@ -254,7 +268,7 @@ class HandlerRunner:
         self.metrics.handler_batch_seconds.observe(time.monotonic() - entry.started)
         protocol, entry.protocol = entry.protocol, None
         if entry.orphaned or protocol is None:
-            self.release(entry.count)
+            self.release(entry.count, entry.size)
         else:
             protocol.batchAnswered()
         if not self.outstanding and self._idleWaiters:
@@ -264,22 +278,26 @@ class HandlerRunner:
 
     # Bounds
 
-    def release(self, count: int) -> None:
+    def release(self, count: int, size: int) -> None:
         """
-        C{count} Submits were acked (or dropped with their connection).
+        C{count} Submits of C{size} bytes were acked (or dropped with their
+        connection).
         """
         if not count:
             return
         self.waiting -= count
+        self.waitingBytes -= size
         self.metrics.handler_pending.dec(count)
-        if self.heldForTotal and self.waiting < self.maxPendingTotal:
+        if self.heldForTotal and not self.overTotal():
             held = list(self.heldForTotal)
             self.heldForTotal.clear()
             for protocol in held:
                 protocol.checkBounds()
 
     def overTotal(self) -> bool:
-        return self.waiting >= self.maxPendingTotal
+        return (
+            self.waiting >= self.maxPendingTotal or self.waitingBytes >= self.maxPendingBytes
+        )
 
     # Shutdown
 
@@ -375,14 +393,15 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         self._lost = True
         runner = self.factory.runner
         runner.heldForTotal.pop(self, None)
-        released = 0
+        released = releasedBytes = 0
         for entry in self._queue:
             if entry.finished:
                 released += entry.count
+                releasedBytes += entry.size
             else:
                 entry.orphaned = True
         self._queue.clear()
-        runner.release(released)
+        runner.release(released, releasedBytes)
         if reason is None:
             TcpDemoServerProtocol.connectionLost(self)
         else:
@@ -445,7 +464,7 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         frames = b"".join(self._frames)
         self._ids = []
         self._frames = []
-        entry = PendingBatch(self, ids)
+        entry = PendingBatch(self, ids, len(frames))
         queue.append(entry)
         count = entry.count
         self._waiting += count
@@ -478,7 +497,7 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
                 self._finish()
             return
         chunks = []
-        released = 0
+        released = releasedBytes = 0
         acked = self.factory.tally.acked
         while queue and queue[0].finished:
             entry = queue.popleft()
@@ -489,6 +508,7 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
                 self._readyBytes -= len(entry.acks)
             else:
                 released += count
+                releasedBytes += entry.size
                 results = entry.results
                 first = results[0]
                 if results.count(first) == count:
@@ -504,7 +524,7 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
             if self.timeOut is not None:
                 # A client waiting for a slow handler's acks is not idle.
                 self.resetTimeout()
-        self.factory.runner.release(released)
+        self.factory.runner.release(released, releasedBytes)
         if self._closing and not self._closed and not queue:
             self._finish()
 
@@ -574,6 +594,7 @@ class HandlerServerFactory(TcpDemoServerFactory):
     handlerTimeout: float | None = DEFAULT_HANDLER_TIMEOUT
     maxPending: int = DEFAULT_MAX_PENDING
     maxPendingTotal: int = DEFAULT_MAX_PENDING_TOTAL
+    maxPendingBytes: int = DEFAULT_MAX_PENDING_BYTES
 
     protocol = HandlerServerProtocol
 
@@ -591,6 +612,7 @@ class HandlerServerFactory(TcpDemoServerFactory):
             timeout=self.handlerTimeout,
             maxPending=self.maxPending,
             maxPendingTotal=self.maxPendingTotal,
+            maxPendingBytes=self.maxPendingBytes,
         )
 
     def nextConnectionNumber(self) -> int:
@@ -605,6 +627,7 @@ class HandlerServerFactory(TcpDemoServerFactory):
 __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
     "DEFAULT_MAX_PENDING",
+    "DEFAULT_MAX_PENDING_BYTES",
     "DEFAULT_MAX_PENDING_TOTAL",
     "HandlerRunner",
     "HandlerServerFactory",

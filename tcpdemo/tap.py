@@ -26,6 +26,7 @@ from tcpdemo.optiontypes import nonNegativeFloat, nonNegativeInt, positiveInt
 from tcpdemo.pending import (
     DEFAULT_HANDLER_TIMEOUT,
     DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_PENDING_BYTES,
     DEFAULT_MAX_PENDING_TOTAL,
     HandlerRunner,
     HandlerServerFactory,
@@ -239,6 +240,15 @@ class Options(usage.Options):
             DEFAULT_MAX_PENDING_TOTAL,
             "Stop reading any connection while this many Submits of the whole "
             "process wait for the handler; read again below it.",
+            positiveInt,
+        ],
+        [
+            "max-pending-bytes",
+            None,
+            DEFAULT_MAX_PENDING_BYTES,
+            "Stop reading any connection while the Submits of the whole process "
+            "waiting for the handler hold this many bytes of frames; read again "
+            "below it.",
             positiveInt,
         ],
     ]
@@ -547,6 +557,7 @@ def buildFactory(
         handlerTimeout=options["handler-timeout"] or None,
         maxPending=options["max-pending"],
         maxPendingTotal=options["max-pending-total"],
+        maxPendingBytes=options["max-pending-bytes"],
     )
 
 

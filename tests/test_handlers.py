@@ -335,6 +335,37 @@ class BoundTests(HandlerTestCase):
         self.assertEqual(second.data, ackFrames(range(count)))
 
 
+    async def test_perProcessBytes(self) -> None:
+        """
+        Past --max-pending-bytes every connection that reads stops, however
+        few Submits that is: large payloads are bounded by their bytes, not
+        their count; nothing is dropped.
+        """
+        handler = ManualHandler()
+        svc = self.startService(handler, "--max-pending-bytes", "100000")
+        client = await self.connect(svc)
+        count = 400  # 400 x 50 KiB: 20 MB, far past the bound and the socket buffers
+        data = submitFrames(range(count), b"x" * 50_000)
+        client.send(data)
+        await waitUntil(lambda: handler.handed > 0)
+        await sleep(0.3)
+        held = handler.handed
+        await sleep(0.3)
+        self.assertEqual(handler.handed, held, "reading did not stop")
+        # The bound is checked after each read: one 64 KiB read past it.
+        self.assertLess(held, (100_000 + 65536) // 50_000 + 2)
+        self.assertLess(self.sample(svc, "tcpdemo_bytes_received_total"), len(data) // 2)
+        answered = 0
+        while len(client.received) < 14 * count:
+            batches = handler.batches[answered:]
+            answered += len(batches)
+            for batch, d in batches:
+                d.callback(bytes(batch.count))
+            await sleep(0.005)
+        self.assertEqual(client.data, ackFrames(range(count)))
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
+
+
 class ShutdownTests(HandlerTestCase):
     async def test_stopWaitsForHandlerWork(self) -> None:
         """
