@@ -15,9 +15,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -352,6 +355,44 @@ async def waitUntil(condition: Callable[[], bool], what: str = "", timeout: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
         await sleep(0.01)
+
+
+class Collector(Protocol):
+    """
+    A client of an in-process server that keeps every byte it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.closed: Deferred[bytes] = Deferred()
+
+    @property
+    def data(self) -> bytes:
+        return bytes(self.received)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed.callback(self.data)
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+async def connectTo(service: Any) -> Collector:
+    """
+    A L{Collector} connected to the server of C{service}, an in-process
+    C{tcpdemo.tap.TcpDemoService} listening on loopback.
+    """
+    from twisted.internet import reactor
+
+    port = service.server.port.getHost().port
+    endpoint = TCP4ClientEndpoint(reactor, LOOPBACK, port)
+    client = await endpoint.connect(Factory.forProtocol(Collector))
+    assert isinstance(client, Collector)
+    return client
 
 
 def waitUntilSteady(read: Callable[[], object], pause: float, what: str) -> None:

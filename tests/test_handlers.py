@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet import defer, reactor
 from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -21,27 +20,16 @@ from tcpdemo.handlers.ack import AckHandler
 from tcpdemo.packet import Conn, ConnAck, encode
 
 from .handlerkit import ManualHandler, ScriptedHandler
-from .support import ackFrame, ackFrames, sleep, submitFrame, submitFrames, waitUntil
-
-
-class Collector(protocol.Protocol):
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.closed: defer.Deferred[bytes] = defer.Deferred()
-
-    @property
-    def data(self) -> bytes:
-        return bytes(self.received)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(self.data)
-
-    def send(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+from .support import (
+    Collector,
+    ackFrame,
+    ackFrames,
+    connectTo,
+    sleep,
+    submitFrame,
+    submitFrames,
+    waitUntil,
+)
 
 
 class HandlerTestCase(TestCase):
@@ -60,11 +48,7 @@ class HandlerTestCase(TestCase):
         return svc
 
     async def connect(self, svc: tap.TcpDemoService) -> Collector:
-        assert svc.server.port is not None
-        port = svc.server.port.getHost().port  # type: ignore[attr-defined]
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        client = await endpoint.connect(protocol.Factory.forProtocol(Collector))
-        assert isinstance(client, Collector)
+        client = await connectTo(svc)
         self.addCleanup(lambda: client.transport and client.transport.loseConnection())  # type: ignore[func-returns-value]
         return client
 

@@ -4,13 +4,10 @@ Options, the service and the plugin, in-process over real loopback sockets.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import IServiceMaker
-from twisted.internet import defer, protocol, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet import reactor
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -19,7 +16,7 @@ from twisted.web.client import Agent, readBody
 from tcpdemo import endpoints, limits, tap
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH
 
-from .support import ackFrame, submitFrame, waitUntil
+from .support import Collector, ackFrame, connectTo, submitFrame, waitUntil
 
 
 class OptionsTests(SynchronousTestCase):
@@ -92,18 +89,6 @@ class PluginTests(SynchronousTestCase):
         self.assertIs(makers["tcpdemo"].options, tap.Options)
 
 
-class Collector(protocol.Protocol):
-    def __init__(self) -> None:
-        self.data = b""
-        self.closed: defer.Deferred[bytes] = defer.Deferred()
-
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(self.data)
-
-
 class ServiceTests(TestCase):
     def startService(self, *args: str) -> tap.TcpDemoService:
         options = tap.Options()
@@ -119,12 +104,7 @@ class ServiceTests(TestCase):
         return svc
 
     async def connect(self, svc: tap.TcpDemoService) -> Collector:
-        assert svc.server.port is not None
-        port = svc.server.port.getHost().port  # type: ignore[attr-defined]
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-        client = await endpoint.connect(protocol.Factory.forProtocol(Collector))
-        assert isinstance(client, Collector)
-        return client
+        return await connectTo(svc)
 
     async def test_servesAndDrains(self) -> None:
         """
