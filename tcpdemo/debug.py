@@ -24,7 +24,6 @@ L{requireLoopback} refuses any listener that is not loopback-only.
 from __future__ import annotations
 
 import cProfile
-import inspect
 import io
 import ipaddress
 import linecache
@@ -44,6 +43,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tcpdemo import profilegraph
+from tcpdemo.twistedinternals import bindServerArguments, splitDescription
 from tcpdemo.websites import quietSite
 
 try:
@@ -77,28 +77,6 @@ _HOW_TO_FIX = (
 # Refusing listeners that other hosts can reach
 
 
-def _bindServerParser(kind: str, args: list[str], kw: dict[str, str]) -> inspect.BoundArguments:
-    """
-    Bind an endpoint's arguments as Twisted's own parser for C{kind} would,
-    so that a positional interface (C{tcp:6060:127.0.0.1}) counts like a
-    keyword one and each type's default interface applies.
-    """
-    from twisted.internet import endpoints
-
-    parser: Callable[..., Any]
-    leading: tuple[None, ...]
-    if kind == "tcp":
-        parser, leading = endpoints._parseTCP, (None,)
-    elif kind == "ssl":
-        parser, leading = endpoints._parseSSL, (None,)
-    else:
-        # tcp6 is a plugin; its parser is a method taking (self, reactor, ...).
-        parser, leading = endpoints._TCP6ServerParser._parseServer, (None, None)
-    bound = inspect.signature(parser).bind(*leading, *args, **kw)
-    bound.apply_defaults()
-    return bound
-
-
 def _isLoopback(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host)
@@ -117,10 +95,8 @@ def requireLoopback(description: str) -> None:
     endpoint with a loopback C{interface} (127.0.0.0/8 or ::1), or a unix
     socket.  Escaped colons (C{\\:}) are understood as Twisted does.
     """
-    from twisted.internet.endpoints import _parse
-
     try:
-        args, kw = _parse(description)
+        args, kw = splitDescription(description)
     except Exception as e:
         raise ValueError(f"'{description}' is not an endpoint description ({e})") from e
     kind = args[0].lower() if args and args[0] else ""
@@ -132,7 +108,7 @@ def requireLoopback(description: str) -> None:
             f"is reachable from other hosts, so it is refused; {_HOW_TO_FIX}"
         )
     try:
-        bound = _bindServerParser(kind, args[1:], kw)
+        bound = bindServerArguments(kind, args[1:], kw)
     except TypeError as e:
         raise ValueError(f"'{description}' is not a valid {kind} endpoint: {e}") from e
     interface = str(bound.arguments.get("interface") or "")

@@ -99,6 +99,23 @@ class FrameReceiver(Int32StringReceiver):
     _gathered: _Gathered | None = None
     _gatherLength = 0
     _gatheredSize = 0
+    #: Bytes received but not yet parsed.  Declared here, not inherited:
+    #: C{dataReceived} is this class's own, so it does not rely on Twisted's
+    #: private attribute; the name is Twisted's so that its deprecated
+    #: C{recvd} still reads this buffer.
+    _unprocessed: bytes = b""
+
+    def takeUnprocessed(self, data: bytes) -> bytes:
+        """
+        The bytes kept unparsed from earlier reads followed by C{data}; the
+        kept bytes are forgotten, so the caller owns the rest and passes
+        what it does not parse on to L{dataReceived}.
+        """
+        buffered = self._unprocessed
+        if not buffered:
+            return data
+        self._unprocessed = b""
+        return buffered + data
 
     def badLengthReceived(self, length: int) -> None:
         """

@@ -428,9 +428,7 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
                 self.endOfRead()
                 return
         if self._authenticated and not self.paused:
-            buffered = self._unprocessed
-            alldata = buffered + data if buffered else data
-            self._unprocessed = b""
+            alldata = self.takeUnprocessed(data)
             offset = scanSubmits(alldata, self.MAX_LENGTH, self._ids)
             if offset:
                 self._frames.append(alldata[:offset])

@@ -47,6 +47,7 @@ from tcpdemo.readinto import installReadInto
 from tcpdemo.scan import MIN_RUN
 from tcpdemo.scan import acks as _acks
 from tcpdemo.scan import submitAcks as submitAcks
+from tcpdemo.twistedinternals import CONNECTION_BUFFER_ATTRIBUTES, sendBufferEmpty
 
 #: The protocol_errors reason of a connection closed because its partial
 #: frame was the largest when partial frames held more than
@@ -71,10 +72,7 @@ FRAMES_PER_TURN = 256
 
 #: What the direct send (L{TcpDemoServerProtocol._write}) reads of a
 #: C{tcp.Connection}: Twisted's private buffer state and its send method.
-DIRECT_SEND_ATTRIBUTES = (
-    "_tempDataLen",
-    "dataBuffer",
-    "offset",
+DIRECT_SEND_ATTRIBUTES = CONNECTION_BUFFER_ATTRIBUTES + (
     "connected",
     "disconnecting",
     "writeSomeData",
@@ -237,9 +235,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         if self._authenticated and not self.paused:
             # Take the plain Submits off the front in bulk; the frame layer
             # parses whatever is left (a partial frame, anything else).
-            buffered = self._unprocessed
-            alldata = buffered + data if buffered else data
-            self._unprocessed = b""
+            alldata = self.takeUnprocessed(data)
             end, count, acks = submitAcks(alldata, self.MAX_LENGTH, 0, self.minRun)
             if count:
                 self._moveIdsToOut()
@@ -376,8 +372,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             transport.write(data)
             return
         if (
-            not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
+            sendBufferEmpty(transport)
             and transport.connected
             and not transport.disconnecting
         ):

@@ -60,9 +60,9 @@ def _portOf(description: str) -> str | None:
     """
     The port argument of a tcp, tcp6 or ssl description, as written.
     """
-    from twisted.internet.endpoints import _parse
+    from tcpdemo.twistedinternals import splitDescription
 
-    args, kw = _parse(description)
+    args, kw = splitDescription(description)
     kind = str(args[0]).lower() if args else ""
     if kind not in _PORT_TYPES:
         return None

@@ -80,6 +80,7 @@ from tcpdemo.aggregation import workersRegistry
 from tcpdemo.endpoints import ListenerService, withBacklog
 from tcpdemo.metrics import metricsSite
 from tcpdemo.startup import cannotListen
+from tcpdemo.twistedinternals import clearExitSignal
 
 if TYPE_CHECKING:
     from tcpdemo.tap import Options
@@ -641,9 +642,9 @@ class WorkerSupervisor(MultiService):
                 "not every worker stopped cleanly ({failures}): acks may have been lost",
                 failures="; ".join(self._stopFailures),
             )
-        elif getattr(self.reactor, "_exitSignal", None) is not None:
+        else:
             # As TcpDemoService: every worker delivered its owed acks, so
             # exit 0 rather than "killed by SIGTERM".
-            self.reactor._exitSignal = None
+            clearExitSignal(self.reactor)
 
 

@@ -42,6 +42,7 @@ from tcpdemo.startup import (
     exitOnUsageError,
     reportStartupErrorsAsOneLine,
 )
+from tcpdemo.twistedinternals import clearExitSignal
 
 DEFAULT_PORT = "tcp:8888"
 DEFAULT_METRICS = "tcp:8889"
@@ -493,8 +494,7 @@ class TcpDemoService(MultiService):
             # complete stop would report "killed by SIGTERM"; every owed ack
             # was delivered, so let it exit 0.  A forced stop keeps the
             # signal status, telling supervisors that acks may be lost.
-            if getattr(self.reactor, "_exitSignal", None) is not None:
-                self.reactor._exitSignal = None
+            clearExitSignal(self.reactor)
         yield MultiService.stopService(self)
 
 

@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 from tcpdemo.frame import HEADER_SIZE
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.protocol import READ_SIZE, TcpDemoServerFactory, TcpDemoServerProtocol
+from tcpdemo.twistedinternals import bufferedBytes
 
 from .support import LOOPBACK, ackFrame, pushUntilBlocked, recvUntilClosed, submitFrame
 
@@ -42,7 +43,7 @@ class Recording(TcpDemoServerProtocol):
 
     def pauseProducing(self) -> None:
         transport: Any = self.transport
-        unsent = len(transport.dataBuffer) + transport._tempDataLen
+        unsent = bufferedBytes(transport)
         self.seen.append(("pause", transport.bufferSize, unsent))
         super().pauseProducing()
 
