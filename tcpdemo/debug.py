@@ -43,7 +43,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from tcpdemo import profilegraph
-from tcpdemo.twistedinternals import bindServerArguments, splitDescription
+from tcpdemo.endpoints import describePeer, parseDescription, serverArguments
 from tcpdemo.websites import quietSite
 
 try:
@@ -96,10 +96,10 @@ def requireLoopback(description: str) -> None:
     socket.  Escaped colons (C{\\:}) are understood as Twisted does.
     """
     try:
-        args, kw = splitDescription(description)
+        parsed = parseDescription(description)
     except Exception as e:
         raise ValueError(f"'{description}' is not an endpoint description ({e})") from e
-    kind = args[0].lower() if args and args[0] else ""
+    kind = parsed.kind.lower()
     if kind == "unix":
         return
     if kind not in ("tcp", "tcp6", "ssl"):
@@ -108,10 +108,10 @@ def requireLoopback(description: str) -> None:
             f"is reachable from other hosts, so it is refused; {_HOW_TO_FIX}"
         )
     try:
-        bound = bindServerArguments(kind, args[1:], kw)
+        arguments = serverArguments(parsed)
     except TypeError as e:
         raise ValueError(f"'{description}' is not a valid {kind} endpoint: {e}") from e
-    interface = str(bound.arguments.get("interface") or "")
+    interface = str(arguments.get("interface") or "")
     if not interface or interface in ("0.0.0.0", "::"):
         where = f"interface={interface}" if interface else "no interface"
         raise ValueError(
@@ -191,12 +191,7 @@ def _plain(request: Request, code: int, text: str) -> bytes:
 
 
 def _client(request: Request) -> str:
-    address = request.getClientAddress()
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return "unix socket" if getattr(address, "name", None) is not None else repr(address)
+    return describePeer(request.getClientAddress())
 
 
 #: What a measurement answers: (code, headers, body).

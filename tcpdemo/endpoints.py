@@ -1,38 +1,203 @@
 """
-Endpoint descriptions and listening on them: the backlog every listener
-gets, and a service that listens while running and logs its real address.
+Endpoint descriptions, in one place for the server, debug, the supervisor
+and the client: parse, validate, describe, add a backlog, quote; the one
+short form of a peer address for log lines; and a service that listens on
+an endpoint while running and logs its real address.
+
+Built on Twisted's public endpoint API (C{serverFromString},
+C{clientFromString}, C{quoteStringArgument}); where Twisted has no public
+way (splitting a description without building its endpoint, a type's
+argument names) the private names are wrapped in
+L{tcpdemo.twistedinternals}.  This module stays light -- no twisted.web,
+no prometheus_client -- as the client imports it.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
-from typing import Any
+from typing import Any, Callable
 
+import attrs
 from twisted.application.service import Service
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
+from twisted.internet.interfaces import IAddress, IListeningPort
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python import usage
 from twisted.python.failure import Failure
 
-from tcpdemo.startup import cannotListen
+from tcpdemo.startup import ENDPOINT_EXAMPLES, cannotListen
+from tcpdemo.twistedinternals import (
+    BINDABLE_SERVER_TYPES,
+    bindServerArguments,
+    splitDescription,
+)
+
+__all__ = [
+    "AdoptedListenerService",
+    "checkServerEndpoint",
+    "Description",
+    "ListenTCPReactor",
+    "ListenerService",
+    "describeListening",
+    "describePeer",
+    "parseDescription",
+    "portArgument",
+    "quoteArgument",
+    "serverArguments",
+    "withBacklog",
+]
 
 #: Endpoint types whose listen() takes a backlog argument.
 _BACKLOG_TYPES = ("tcp", "tcp6", "ssl", "unix")
 
+#: Escape C{\\} and C{:} in one argument of an endpoint string (Twisted's).
+quoteArgument = quoteStringArgument
+
+
+@attrs.frozen
+class Description:
+    """
+    An endpoint string, split: C{kind:arg:arg:key=value...}, unescaped.
+    """
+
+    kind: str
+    args: tuple[str, ...]
+    kwargs: dict[str, str]
+
+
+def parseDescription(description: str) -> Description:
+    """
+    Split an endpoint string as C{serverFromString} and C{clientFromString}
+    do: colons separate the fields, a backslash escapes the next character,
+    and a field with an (unescaped) C{=} is a keyword argument.  The kind is
+    kept as written.
+    """
+    args, kwargs = splitDescription(description)
+    kind = str(args[0]) if args else ""
+    return Description(kind, tuple(str(a) for a in args[1:]), dict(kwargs))
+
 
 def withBacklog(description: str, backlog: int) -> str:
     """
-    Add C{backlog=} to a tcp, ssl or unix endpoint description that lacks
-    one: Twisted's default of 50 drops bursts of connects.
+    Add C{backlog=} to a tcp, tcp6, ssl or unix endpoint description that
+    lacks one: Twisted's default of 50 drops bursts of connects.
     """
-    kind = description.split(":", 1)[0].lower()
-    if kind not in _BACKLOG_TYPES or re.search(r"(^|:)backlog=", description):
+    try:
+        parsed = parseDescription(description)
+    except Exception:
+        # Not a description Twisted can split: serverFromString will say so.
+        return description
+    if parsed.kind.lower() not in _BACKLOG_TYPES or "backlog" in parsed.kwargs:
         return description
     return f"{description}:backlog={backlog}"
 
+
+def portArgument(description: str) -> str | None:
+    """
+    The port argument of a tcp, tcp6 or ssl server description, as written
+    (None for other types, or none given).
+    """
+    parsed = parseDescription(description)
+    if parsed.kind.lower() not in BINDABLE_SERVER_TYPES:
+        return None
+    if "port" in parsed.kwargs:
+        return parsed.kwargs["port"]
+    return parsed.args[0] if parsed.args else None
+
+
+def serverArguments(parsed: Description) -> dict[str, Any]:
+    """
+    The arguments of a tcp, tcp6 or ssl server description by name, each
+    type's defaults filled in (so C{tcp:6060:127.0.0.1} has
+    C{interface='127.0.0.1'}, and C{tcp6:6060} C{interface='::'}).
+
+    @raise TypeError: the arguments do not fit the type.
+    @raise ValueError: another type.
+    """
+    bound = bindServerArguments(parsed.kind.lower(), list(parsed.args), parsed.kwargs)
+    return dict(bound.arguments)
+
+
+class ListenTCPReactor:
+    """
+    Stands for the reactor in a tcp or tcp6 server endpoint built by
+    C{serverFromString}: the endpoint's C{listen} hands the parsed port,
+    backlog and interface to C{listenTCP} (with the signature of
+    C{IReactorTCP.listenTCP}), so a caller can open its sockets its own way
+    (the supervisor's C{SO_REUSEPORT} group) from any description Twisted
+    accepts.
+    """
+
+    def __init__(self, listenTCP: Callable[..., Any]) -> None:
+        self.listenTCP = listenTCP
+
+
+class _NoReactor:
+    """
+    Stands for the reactor while an endpoint description is only parsed:
+    the server endpoints keep it and use it only to listen.
+    """
+
+
+def checkServerEndpoint(option: str, description: str) -> None:
+    """
+    Raise L{usage.UsageError}, one line saying what is wrong and how to fix
+    it, unless C{description} (the value of C{option}) is a server endpoint
+    Twisted can parse, with a port from 0 to 65535, and any TLS key and
+    certificate it names can be read.
+    """
+    shown = f"{option} {description!r}"
+    try:
+        serverFromString(_NoReactor(), description)
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        raise usage.UsageError(
+            f"{shown}: cannot read{where}: {e.strerror or e}; give readable PEM files, "
+            f"e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"
+        ) from e
+    except Exception as e:
+        reason = str(e).strip() or type(e).__name__
+        if "ssl" in description.split(":", 1)[0].lower():
+            reason += " (is privateKey= a PEM private key, and certKey= its certificate?)"
+        raise usage.UsageError(
+            f"{shown} is not a valid endpoint: {reason}; give one like {ENDPOINT_EXAMPLES}"
+        ) from e
+    port = portArgument(description)
+    if port is not None and not (port.isdigit() and int(port) <= 65535):
+        raise usage.UsageError(
+            f"{shown}: port {port} is out of range: give a port from 1 to 65535 "
+            f"(0: any free port)"
+        )
+
+
+def describePeer(address: IAddress | None) -> str:
+    """
+    A short human form of an address for log lines: C{host:port},
+    C{[v6host]:port}, C{unix:PATH}, or C{unix socket} for an unnamed one.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is not None and port is not None:
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    name = getattr(address, "name", None)
+    if name is not None:
+        return f"unix:{os.fsdecode(name)}"
+    if type(address).__name__ == "UNIXAddress":
+        return "unix socket"
+    return repr(address)
+
+
+def describeListening(address: IAddress) -> str:
+    """
+    A listening address as an endpoint-like string: C{tcp:HOST:PORT}
+    (C{tcp6:...} for IPv6), or C{unix:PATH}.
+    """
+    if hasattr(address, "port"):
+        return f"{address.type.lower()}:{address.host}:{address.port}"  # type: ignore[attr-defined]
+    name = getattr(address, "name", None)
+    return f"unix:{os.fsdecode(name)}" if name is not None else repr(address)
 
 
 class ListenerService(Service):
@@ -87,10 +252,7 @@ class ListenerService(Service):
 
     def address(self) -> str:
         assert self.port is not None
-        host = self.port.getHost()
-        if hasattr(host, "port"):
-            return f"{host.type.lower()}:{host.host}:{host.port}"  # type: ignore[attr-defined]
-        return f"unix:{getattr(host, 'name', host)}"
+        return describeListening(self.port.getHost())
 
     def stopService(self) -> Any:
         Service.stopService(self)

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tcpdemo.endpoints import describePeer
 from tcpdemo.frame import FrameReceiver, frame
 from tcpdemo.handlers import (
     RESULT_HANDLER_ERROR,
@@ -35,11 +36,7 @@ from tcpdemo.handlers import (
 )
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.packet import ID_SIZE, SUBMIT, SubmitAck, encode
-from tcpdemo.protocol import (
-    TcpDemoServerFactory,
-    TcpDemoServerProtocol,
-    describePeer,
-)
+from tcpdemo.protocol import TcpDemoServerFactory, TcpDemoServerProtocol
 from tcpdemo.scan import scanSubmits
 
 #: Seconds a batch may take before its Submits get result 2.  Long enough

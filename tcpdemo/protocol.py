@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tcpdemo import readinto
+from tcpdemo.endpoints import describePeer
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, FrameReceiver, frame
 from tcpdemo.lograte import LineBudget
 from tcpdemo.metrics import ReadTally, ServerMetrics
@@ -97,18 +98,6 @@ def directSendMissing(transport: object) -> list[str] | None:
 #: The two ConnAcks, framed once.
 _CONNACK_OK = frame(encode(ConnAck(RESULT_OK)))
 _CONNACK_ERROR = frame(encode(ConnAck(RESULT_ERROR)))
-
-
-def describePeer(address: IAddress | None) -> str:
-    """
-    A short human form of a peer address for log lines.
-    """
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    name = getattr(address, "name", None)
-    return f"unix:{name!r}" if name is not None else repr(address)
 
 
 class ServerTransport(Protocol):

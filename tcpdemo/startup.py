@@ -5,7 +5,7 @@ traceback and no usage text, and a non-zero exit status.
 Two kinds of error stop the server before it serves:
 
   - a bad option value or endpoint description, found while the options
-    are parsed (L{checkServerEndpoint} parses each endpoint and reads its
+    are parsed (L{tcpdemo.endpoints.checkServerEndpoint} parses each endpoint and reads its
     TLS files then, before anything listens);
   - an endpoint that cannot listen (address in use, no such interface, a
     port below 1024 without privileges), found when the listeners start:
@@ -23,7 +23,6 @@ import sys
 from types import TracebackType
 from typing import Any, Callable, NoReturn
 
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
@@ -38,68 +37,12 @@ ENDPOINT_EXAMPLES = (
 #: The command named at the start of every start-up error line.
 COMMAND = "twistd tcpdemo"
 
-#: Endpoint types whose first argument is a TCP port.
-_PORT_TYPES = ("tcp", "tcp6", "ssl")
-
 
 class StartupError(Exception):
     """
     The server cannot start; the message is one line that says why and
     what to do about it.
     """
-
-
-class _NoReactor:
-    """
-    Stands for the reactor while an endpoint description is only parsed:
-    the server endpoints keep it and use it only to listen.
-    """
-
-
-def _portOf(description: str) -> str | None:
-    """
-    The port argument of a tcp, tcp6 or ssl description, as written.
-    """
-    from tcpdemo.twistedinternals import splitDescription
-
-    args, kw = splitDescription(description)
-    kind = str(args[0]).lower() if args else ""
-    if kind not in _PORT_TYPES:
-        return None
-    if "port" in kw:
-        return str(kw["port"])
-    return str(args[1]) if len(args) > 1 else None
-
-
-def checkServerEndpoint(option: str, description: str) -> None:
-    """
-    Raise L{usage.UsageError}, one line saying what is wrong and how to fix
-    it, unless C{description} (the value of C{option}) is a server endpoint
-    Twisted can parse, with a port from 0 to 65535, and any TLS key and
-    certificate it names can be read.
-    """
-    shown = f"{option} {description!r}"
-    try:
-        serverFromString(_NoReactor(), description)
-    except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        raise usage.UsageError(
-            f"{shown}: cannot read{where}: {e.strerror or e}; give readable PEM files, "
-            f"e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem"
-        ) from e
-    except Exception as e:
-        reason = str(e).strip() or type(e).__name__
-        if "ssl" in description.split(":", 1)[0].lower():
-            reason += " (is privateKey= a PEM private key, and certKey= its certificate?)"
-        raise usage.UsageError(
-            f"{shown} is not a valid endpoint: {reason}; give one like {ENDPOINT_EXAMPLES}"
-        ) from e
-    port = _portOf(description)
-    if port is not None and not (port.isdigit() and int(port) <= 65535):
-        raise usage.UsageError(
-            f"{shown}: port {port} is out of range: give a port from 1 to 65535 "
-            f"(0: any free port)"
-        )
 
 
 def _hint(error: BaseException | None) -> str:

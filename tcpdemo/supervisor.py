@@ -57,7 +57,7 @@ import signal
 import socket
 import sys
 import tempfile
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import attrs
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -77,7 +77,12 @@ from twisted.python.failure import Failure
 
 import tcpdemo
 from tcpdemo.aggregation import workersRegistry
-from tcpdemo.endpoints import ListenerService, withBacklog
+from tcpdemo.endpoints import (
+    ListenerService,
+    ListenTCPReactor,
+    describeListening,
+    withBacklog,
+)
 from tcpdemo.metrics import metricsSite
 from tcpdemo.startup import cannotListen
 from tcpdemo.twistedinternals import clearExitSignal
@@ -204,16 +209,6 @@ class _ReusePortTCP(tcp.Port):
         return s
 
 
-class _CapturingReactor:
-    """
-    Stands for the reactor in a tcp/tcp6 server endpoint, so that its
-    C{listen} hands the parsed port, backlog and interface to C{listenTCP}.
-    """
-
-    def __init__(self, listenTCP: Callable[..., Any]) -> None:
-        self.listenTCP = listenTCP
-
-
 class WorkerSockets(Service):
     """
     The parent's listening sockets, bound and listening but never read by
@@ -265,7 +260,7 @@ class WorkerSockets(Service):
                 platform=sys.platform,
             )
             self.mode = "shared"
-        endpoint = serverFromString(_CapturingReactor(self._listenTCP), self.description)
+        endpoint = serverFromString(ListenTCPReactor(self._listenTCP), self.description)
         outcome: list[Any] = []
         endpoint.listen(self.factory).addBoth(outcome.append)
         if isinstance(outcome[0], Failure):
@@ -295,8 +290,7 @@ class WorkerSockets(Service):
         assert isinstance(first, tcp.Port)
         family = getattr(first, "addressFamily", socket.AF_INET)
         self._family = "INET6" if family == socket.AF_INET6 else "INET"
-        host = first.getHost()
-        self._address = f"{host.type.lower()}:{host.host}:{host.port}"
+        self._address = describeListening(first.getHost())
         return first
 
     def _open(self, port: int, backlog: int, interface: str) -> tcp.Port:

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from tcpdemo.endpoints import ListenerService, withBacklog
+from tcpdemo.endpoints import ListenerService, checkServerEndpoint, withBacklog
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 from tcpdemo.handlers import HandlerArgumentError, ISubmitHandler, findMaker
 from tcpdemo.handlers.ack import AckHandler
@@ -38,7 +38,6 @@ from tcpdemo.protocol import (
 )
 from tcpdemo.startup import (
     StartupError,
-    checkServerEndpoint,
     exitOnUsageError,
     reportStartupErrorsAsOneLine,
 )

@@ -34,7 +34,7 @@ def splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
     reading a description -- its port, interface, type or backlog -- without
     building anything needs the parser alone, C{endpoints._parse}.
     """
-    return endpoints._parse(description)  # type: ignore[attr-defined,no-any-return]
+    return endpoints._parse(description)  # type: ignore[no-any-return]
 
 
 def bindServerArguments(
@@ -55,13 +55,12 @@ def bindServerArguments(
     parser: Callable[..., Any]
     leading: tuple[None, ...]
     if kind == "tcp":
-        parser, leading = endpoints._parseTCP, (None,)  # type: ignore[attr-defined]
+        parser, leading = endpoints._parseTCP, (None,)
     elif kind == "ssl":
-        parser, leading = endpoints._parseSSL, (None,)  # type: ignore[attr-defined]
+        parser, leading = endpoints._parseSSL, (None,)
     elif kind == "tcp6":
         # tcp6 is a plugin; its parser is a method taking (self, reactor, ...).
-        parser = endpoints._TCP6ServerParser._parseServer  # type: ignore[attr-defined]
-        leading = (None, None)
+        parser, leading = endpoints._TCP6ServerParser._parseServer, (None, None)
     else:
         raise ValueError(f"no known argument list for {kind!r} server endpoints")
     bound = inspect.signature(parser).bind(*leading, *args, **kw)

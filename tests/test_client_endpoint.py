@@ -16,14 +16,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial import unittest
 
 from tcpdemo.client import ConnectFailed, EndpointError, connect
-from tcpdemo.client.endpoint import (
-    Description,
-    clientEndpoint,
-    isTLS,
-    loadTrustRoot,
-    parseDescription,
-)
+from tcpdemo.client.endpoint import clientEndpoint, isTLS, loadTrustRoot
 from tcpdemo.client.load import LoadConfig, LoadRun, SetupError
+from tcpdemo.endpoints import Description, parseDescription
 from tcpdemo.metrics import ServerMetrics
 from tcpdemo.protocol import TcpDemoServerFactory
 from tests.clientsupport import LOCALHOST, reactor, writeTLSFiles

@@ -16,7 +16,6 @@ from twisted.trial import unittest
 from tcpdemo import twistedinternals
 from tcpdemo.frame import FrameReceiver
 
-
 LOCALHOST = "127.0.0.1"
 
 
@@ -58,7 +57,7 @@ class PrivateNamesExistTests(unittest.TestCase):
         server, client = socket.socketpair()
         self.addCleanup(server.close)
         self.addCleanup(client.close)
-        connection = tcp.Connection(server, None, _IdleReactor())
+        connection = tcp.Connection(server, None, _IdleReactor())  # type: ignore[arg-type]
         for name in twistedinternals.CONNECTION_BUFFER_ATTRIBUTES:
             self.assertPrivate(connection, name)
 
@@ -141,7 +140,7 @@ class SendBufferTests(unittest.TestCase):
         peer, _ = listener.accept()
         self.addCleanup(peer.close)
         sender.setblocking(False)
-        connection = tcp.Connection(sender, None, _IdleReactor())
+        connection = tcp.Connection(sender, None, _IdleReactor())  # type: ignore[arg-type]
         self.addCleanup(sender.close)
         connection.connected = True  # as tcp.Server and tcp.Client set it
         self.assertTrue(twistedinternals.sendBufferEmpty(connection))

@@ -29,6 +29,7 @@ from twisted.python import usage
 from tcpdemo.client.endpoint import EndpointError, clientEndpoint, isTLS
 from tcpdemo.client.load import DEFAULT_WINDOW, LoadConfig, LoadRun, SetupError
 from tcpdemo.client.stats import PERCENTILES, Report
+from tcpdemo.endpoints import quoteArgument
 from tcpdemo.limits import raiseFileLimit
 from tcpdemo.optiontypes import nonNegativeInt, positiveFloat, positiveInt
 
@@ -50,8 +51,7 @@ def endpointFor(port: str, host: str | None) -> str:
     and C{--host}.
     """
     if port.isdigit():
-        escaped = (host or DEFAULT_HOST).replace("\\", "\\\\").replace(":", "\\:")
-        return f"tcp:host={escaped}:port={port}"
+        return f"tcp:host={quoteArgument(host or DEFAULT_HOST)}:port={port}"
     if host is not None:
         raise usage.UsageError("--host goes with a port number, not with an endpoint string")
     if ":" not in port:

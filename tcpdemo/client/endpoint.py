@@ -16,7 +16,6 @@ import os
 import re
 from typing import Any
 
-import attrs
 from OpenSSL.crypto import FILETYPE_PEM
 from twisted.internet import ssl
 from twisted.internet.endpoints import (
@@ -25,6 +24,8 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
+
+from tcpdemo.endpoints import Description, parseDescription
 
 #: A trust root: a path (str or os.PathLike) to a PEM file of CA certificates
 #: or to a directory of C{*.pem} files, a Twisted L{ssl.Certificate}, or any
@@ -44,52 +45,6 @@ class EndpointError(ValueError):
     An endpoint string (or a trust root) that cannot be used, with a
     message fit for one line of output.
     """
-
-
-@attrs.frozen
-class Description:
-    """
-    An endpoint string, split: C{kind:arg:arg:key=value...}.
-    """
-
-    kind: str
-    args: tuple[str, ...]
-    kwargs: dict[str, str]
-
-
-def parseDescription(description: str) -> Description:
-    """
-    Split an endpoint string as Twisted does: colons separate the fields, a
-    backslash escapes the next character, and a field with an (unescaped)
-    C{=} is a keyword argument.
-
-    Twisted's own parser is private (C{twisted.internet.endpoints._parse});
-    this is the documented grammar of L{quoteStringArgument}'s inverse.
-    """
-    fields: list[tuple[str, str | None]] = []
-    current: list[str] = []
-    key: str | None = None
-    chars = iter(description)
-    for c in chars:
-        if c == "\\":
-            current.append(next(chars, ""))
-        elif c == ":":
-            fields.append((key, "".join(current)) if key is not None else ("".join(current), None))
-            current, key = [], None
-        elif c == "=" and key is None:
-            key, current = "".join(current), []
-        else:
-            current.append(c)
-    fields.append((key, "".join(current)) if key is not None else ("".join(current), None))
-    kind, _ = fields[0]
-    args: list[str] = []
-    kwargs: dict[str, str] = {}
-    for name, value in fields[1:]:
-        if value is None:
-            args.append(name)
-        else:
-            kwargs[name] = value
-    return Description(kind, tuple(args), kwargs)
 
 
 def loadTrustRoot(trust: TrustRoot) -> Any:

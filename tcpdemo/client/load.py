@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer, task
 from twisted.internet.endpoints import connectProtocol
-from twisted.internet.interfaces import IAddress, IHandshakeListener
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -48,6 +48,7 @@ from tcpdemo.client.endpoint import EndpointError, clientEndpoint, isTLS
 from tcpdemo.client.ids import BLOCK, SUFFIXES, idBlocks, idBytes
 from tcpdemo.client.stats import MAX_MESSAGES, LoadStats, Report, cpuSeconds
 from tcpdemo.client.wire import NotAConnAck, connFrame, readConnAck, submitHeader
+from tcpdemo.endpoints import describePeer
 
 #: Submits awaiting an ack per connection, unless told otherwise: deep enough
 #: to keep a server busy, bounded so that latency means something.
@@ -183,14 +184,6 @@ def quotas(count: int | None, connections: int) -> list[int | None]:
     return [share + (1 if i < extra else 0) for i in range(connections)]
 
 
-def describeAddress(address: IAddress | None) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"{host}:{port}"
-    return str(getattr(address, "name", "") or "")
-
-
 @implementer(IHandshakeListener)
 class LoadProtocol(Protocol):
     """
@@ -232,7 +225,7 @@ class LoadProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.connected = True
-        self.name = f"connection {self.index} ({describeAddress(self.transport.getHost())})"
+        self.name = f"connection {self.index} ({describePeer(self.transport.getHost())})"
         self.transport.registerProducer(self, True)
 
     def handshakeCompleted(self) -> None:
