@@ -103,8 +103,7 @@ class HistoricalFrameLoop(WholeLimitReads):
             self._unprocessed = b""
             self.endOfRead()
             return
-        buffered = self._unprocessed
-        alldata = buffered + data if buffered else data
+        alldata = self.takeUnprocessed(data)
         offset = 0
         size = len(alldata)
         maxLength = self.MAX_LENGTH
@@ -148,18 +147,8 @@ class HistoricalFrameLoop(WholeLimitReads):
             self.transport.write(data)
             self.factory.metrics.bytes_sent.inc(len(data))
         if self._closing and not self._closed:
-            self._closeNow()
-
-    def _closeNow(self) -> None:
-        # Closing is the product's business, not part of the record: use
-        # its current way (a lingering close since 59f54f1) when it has one.
-        finish = getattr(super(), "_finish", None)
-        if finish is not None:
-            finish()
-            return
-        self._closed = True
-        self.transport.unregisterProducer()
-        self.transport.loseConnection()
+            # Closing is the product's business, not part of the record.
+            self._finish()
 
     def drain(self) -> None:
         if self._closing:
@@ -325,10 +314,8 @@ class Step4BulkScan(Step3IdsFastPath):
             if self.timeOut is not None:
                 self.resetTimeout()
         if self._authenticated and not self.paused:
-            buffered = self._unprocessed
-            alldata = buffered + data if buffered else data
+            alldata = self.takeUnprocessed(data)
             offset = bulkScanSubmits(alldata, self.MAX_LENGTH, self._ids)
-            self._unprocessed = b""
             data = alldata[offset:] if offset else alldata
         self._parse(data)
 
@@ -348,9 +335,7 @@ class Step5AcksBuiltInC(WholeLimitReads):
             if self.timeOut is not None:
                 self.resetTimeout()
         if self._authenticated and not self.paused:
-            buffered = self._unprocessed
-            alldata = buffered + data if buffered else data
-            self._unprocessed = b""
+            alldata = self.takeUnprocessed(data)
             maxLength = self.MAX_LENGTH
             end, count, acks = submitRunAcks(alldata, maxLength, 2)
             if count:
