@@ -73,8 +73,14 @@ def parseDescription(description: str) -> Description:
     do: colons separate the fields, a backslash escapes the next character,
     and a field with an (unescaped) C{=} is a keyword argument.  The kind is
     kept as written.
+
+    @raise ValueError: Twisted cannot split it (a trailing lone backslash).
     """
-    args, kwargs = splitDescription(description)
+    try:
+        args, kwargs = splitDescription(description)
+    except Exception as e:
+        # Twisted's tokenizer runs off the end of a trailing backslash.
+        raise ValueError(f"{description!r} is not an endpoint description") from e
     kind = str(args[0]) if args else ""
     return Description(kind, tuple(str(a) for a in args[1:]), dict(kwargs))
 

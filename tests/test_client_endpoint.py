@@ -51,6 +51,7 @@ class DescriptionTests(unittest.TestCase):
             ("ssl:127.0.0.1:x", "invalid literal"),
             ("ssl:127.0.0.1:1:caCertsDir=/nonexistent", "cannot read CA certificates"),
             ("tls:127.0.0.1:1:bogus=1", "unknown option(s) bogus"),
+            ("tcp:127.0.0.1:1\\", "is not an endpoint description"),
         ]:
             error = self.assertRaises(EndpointError, clientEndpoint, reactor, description)
             self.assertIn(text, str(error))

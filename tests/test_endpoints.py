@@ -34,6 +34,9 @@ class ParseTests(unittest.TestCase):
             Description("tcp6", ("6060",), {"interface": "::1"}),
         )
 
+    def test_trailingBackslash(self) -> None:
+        self.assertRaises(ValueError, parseDescription, "tcp:a\\")
+
     def test_kindAsWritten(self) -> None:
         self.assertEqual(parseDescription("TCP:1").kind, "TCP")
 

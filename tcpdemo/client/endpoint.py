@@ -168,7 +168,10 @@ def clientEndpoint(
 
     @raise EndpointError: the description or the trust root is unusable.
     """
-    parsed = parseDescription(description)
+    try:
+        parsed = parseDescription(description)
+    except ValueError as e:
+        raise EndpointError(str(e)) from e
     if parsed.kind in TLS_KINDS:
         return _tlsEndpoint(reactor, parsed, tlsVerify, trustRoot)
     if ":" not in description:
@@ -184,4 +187,7 @@ def isTLS(description: str) -> bool:
     """
     Whether the endpoint string is one of the TLS kinds built here.
     """
-    return parseDescription(description).kind in TLS_KINDS
+    try:
+        return parseDescription(description).kind in TLS_KINDS
+    except ValueError:
+        return False  # not an endpoint string at all: clientEndpoint says so
