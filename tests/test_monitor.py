@@ -32,7 +32,7 @@ from typing import Any, Callable
 import yaml
 from twisted.trial import unittest
 
-from tests.support import LOOPBACK, REPO_ROOT, TwistdServer, freePort, subprocessEnv
+from tests.support import LOOPBACK, REPO_ROOT, TwistdServer, freePort, subprocessEnv, waitFor
 
 MONITOR = os.path.join(REPO_ROOT, "monitor")
 DASHBOARD = os.path.join(MONITOR, "grafana", "dashboards", "tcpdemo.json")
@@ -346,14 +346,16 @@ class LiveStack:
         )
 
     def waitFor(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.prometheus.poll() is not None:
-                break
-            if condition():
-                return
-            time.sleep(0.2)
-        self.testCase.fail(f"timed out waiting for {what}{self.diagnostics()}")
+        try:
+            waitFor(
+                condition,
+                timeout,
+                interval=0.2,
+                what=what,
+                unless=lambda: self.prometheus.poll() is not None,
+            )
+        except AssertionError as e:
+            self.testCase.fail(f"{e}{self.diagnostics()}")
 
     def query(self, expr: str, at: float | None = None) -> dict[str, Any]:
         params = {"query": expr}
