@@ -44,7 +44,7 @@ from tests.clientsupport import (
     WrongResult,
     reactor,
 )
-from tests.support import REPO_ROOT, freePort, subprocessEnv
+from tests.support import REPO_ROOT, freePort, subprocessEnv, waitUntil
 
 
 class Reflects(FakeServer):
@@ -151,7 +151,9 @@ class RealServerTests(ClientTestsMixin, unittest.TestCase):
         factory = self.fake(Silent)
         client = yield self.connectTo(factory, window=3)
         ds = [client.submit(b"x") for _ in range(10)]
-        yield self.waitFor(lambda: sum(p.received for p in factory.open) >= 3)
+        yield defer.ensureDeferred(
+            waitUntil(lambda: sum(p.received for p in factory.open) >= 3, "3 Submits received")
+        )
         yield task.deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(sum(p.received for p in factory.open), 3)
         self.assertEqual(client.outstanding, 10)
@@ -241,22 +243,6 @@ class RealServerTests(ClientTestsMixin, unittest.TestCase):
             connect(reactor, endpoint, token=b"t", connectTimeout=0.2), ConnectFailed
         )
         self.assertIn("timed out after 0.2s", str(error))
-
-    def waitFor(self, condition: Any, seconds: float = 10.0) -> defer.Deferred[None]:
-        """
-        Poll C{condition} every 10 ms; fail after C{seconds}.
-        """
-
-        @defer.inlineCallbacks
-        def poll() -> Any:
-            for _ in range(int(seconds * 100)):
-                if condition():
-                    return
-                yield task.deferLater(reactor, 0.01, lambda: None)
-            self.fail("condition never became true")
-
-        result: defer.Deferred[None] = poll()
-        return result
 
     def realServerFactory(self) -> Any:
         from tcpdemo.metrics import ServerMetrics
