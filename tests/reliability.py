@@ -37,6 +37,7 @@ from .support import (
     TwistdServer,
     ackFrame,
     connAckFrame,
+    fdTargets,
     metric,
     recvUntilClosed,
     submitFrame,
@@ -158,14 +159,7 @@ def tcpSockets(pid: int) -> list[tuple[str, int, str]]:
     the state as C{/proc/net/tcp} writes it (C{0A}: LISTEN, C{01}:
     ESTABLISHED...).
     """
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[len("socket:[") : -1])
+    inodes = {t[len("socket:[") : -1] for t in fdTargets(pid) if t.startswith("socket:[")}
     found = []
     for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
         try:

@@ -282,6 +282,20 @@ def rssOf(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def fdTargets(pid: int) -> list[str]:
+    """
+    What each open descriptor of process C{pid} points to (C{/proc/PID/fd}:
+    a path, C{socket:[INODE]}, C{pipe:[INODE]}...), but those closed meanwhile.
+    """
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            continue
+    return targets
+
+
 def recvExactly(sock: socket.socket, size: int) -> bytes:
     """
     Read exactly C{size} bytes, or fail on EOF.

@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tcpdemo.scrape import MAX_WAITING, SCRAPE_INTERVAL
 
-from .support import LOOPBACK, TwistdServer, ackFrame, recvExactly, submitFrame
+from .support import LOOPBACK, TwistdServer, ackFrame, fdTargets, recvExactly, submitFrame
 
 #: The announced body: 200 MiB.
 BIG = 200 * 2**20
@@ -67,15 +67,7 @@ def openFiles(pid: int) -> list[str]:
     """
     What the process's descriptors point to, but sockets, pipes and the like.
     """
-    names = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/"):
-            names.append(target)
-    return names
+    return [target for target in fdTargets(pid) if target.startswith("/")]
 
 
 def readResponse(sock: socket.socket, timeout: float = 10.0) -> bytes:
