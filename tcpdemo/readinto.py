@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import platform
 from errno import EWOULDBLOCK
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import main, tcp
+
+from tcpdemo.twistedinternals import readDelivery
 
 #: Whether the server reads this way unless told otherwise.
 DEFAULT = platform.python_implementation() == "PyPy"
@@ -34,12 +36,12 @@ def installReadInto(transport: tcp.Connection, buffer: bytearray) -> bool:
     nothing, on a transport without the socket and the C{_dataReceived}
     of Twisted's (every version this project supports has them).
     """
-    if not (hasattr(transport, "socket") and hasattr(transport, "_dataReceived")):
+    received = readDelivery(transport)
+    if not hasattr(transport, "socket") or received is None:
         return False
     view = memoryview(buffer)
     size = len(buffer)
     sock = transport.socket
-    received: Callable[[bytes], Any] = transport._dataReceived
 
     def doRead() -> Any:
         try:

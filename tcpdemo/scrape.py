@@ -36,6 +36,8 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from tcpdemo.twistedinternals import requestDisconnected
+
 #: Shortest time between the starts of two renderings of one format.
 SCRAPE_INTERVAL = 0.1
 #: A rendering that took t seconds is followed by at least RENDER_DUTY * t
@@ -159,7 +161,7 @@ class ScrapeResource(Resource):
         rendered.addCallbacks(done, failed).addBoth(finished)
 
     def _answer(self, request: Request, contentType: str, body: bytes, zipped: list[bytes]) -> None:
-        if request.finished or request._disconnected:
+        if request.finished or requestDisconnected(request):
             return
         self.answered += 1
         request.setHeader(b"content-type", contentType.encode("ascii"))
@@ -175,7 +177,7 @@ class ScrapeResource(Resource):
         request.finish()
 
     def _fail(self, request: Request) -> None:
-        if request.finished or request._disconnected:
+        if request.finished or requestDisconnected(request):
             return
         request.setResponseCode(500)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

@@ -16,7 +16,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from tcpdemo.endpoints import ListenerService, checkServerEndpoint, withBacklog
+from tcpdemo.endpoints import (
+    ListenerService,
+    checkServerEndpoint,
+    parseDescription,
+    withBacklog,
+)
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 from tcpdemo.handlers import HandlerArgumentError, ISubmitHandler, findMaker
 from tcpdemo.handlers.ack import AckHandler
@@ -41,7 +46,7 @@ from tcpdemo.startup import (
     exitOnUsageError,
     reportStartupErrorsAsOneLine,
 )
-from tcpdemo.twistedinternals import clearExitSignal
+from tcpdemo.twistedinternals import clearExitSignal, optionDispatchers
 
 DEFAULT_PORT = "tcp:8888"
 DEFAULT_METRICS = "tcp:8889"
@@ -257,9 +262,10 @@ class Options(usage.Options):
         usage.Options.__init__(self)
         # Every coerced option's error names the option (usage.Options says
         # only "Parameter type enforcement failed").
-        for name, dispatcher in list(self._dispatch.items()):
+        dispatchers = optionDispatchers(self)
+        for name, dispatcher in list(dispatchers.items()):
             if type(dispatcher) is usage.CoerceParameter:
-                self._dispatch[name] = _NamedCoerce(self, dispatcher.coerce)
+                dispatchers[name] = _NamedCoerce(self, dispatcher.coerce)
 
     def parseOptions(self, options: Any = None) -> None:
         """
@@ -309,7 +315,7 @@ class Options(usage.Options):
                 f"--workers 1, not {self['workers']}"
             )
         if self["workers"] > 1:
-            kind = self["port"].split(":", 1)[0].lower()
+            kind = parseDescription(self["port"]).kind.lower()
             if kind not in WORKER_ENDPOINT_TYPES:
                 raise usage.UsageError(
                     f"--workers {self['workers']} needs a tcp: or tcp6: --port (the "

@@ -118,3 +118,47 @@ def bufferedBytes(transport: Any) -> int:
     state as L{sendBufferEmpty}.
     """
     return len(transport.dataBuffer) + transport._tempDataLen  # type: ignore[no-any-return]
+
+
+def readDelivery(transport: Any) -> Callable[[bytes], Any] | None:
+    """
+    The method a C{tcp.Connection}'s C{doRead} hands received bytes to, or
+    None on a transport without it.
+
+    Why private: L{tcpdemo.readinto} replaces C{doRead} to read into one
+    shared buffer and must then deliver the bytes exactly as Twisted's own
+    C{doRead} does -- C{_dataReceived} passes them to the protocol and
+    turns its return value into a lost connection if need be; there is no
+    public way to do that.
+    """
+    return getattr(transport, "_dataReceived", None)
+
+
+# ------------------------------------------------------------- usage.Options
+
+
+def optionDispatchers(options: Any) -> dict[str, Any]:
+    """
+    An C{usage.Options}' table from option name to the handler of its
+    value, which can be changed in place.
+
+    Why private: C{usage.Options} keeps it in C{_dispatch} and has no
+    public hook to name the option in a coercion error (its own message is
+    only "Parameter type enforcement failed").
+    """
+    return options._dispatch  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------- twisted.web
+
+
+def requestDisconnected(request: Any) -> bool:
+    """
+    Whether the client of a C{twisted.web} request has gone (so writing an
+    answer would only raise).
+
+    Why private: C{Request} records it in C{_disconnected}; the public
+    C{notifyFinish} tells the same only by a Deferred, which a renderer
+    already holding the request cannot ask synchronously.
+    """
+    return bool(request._disconnected)

@@ -10,8 +10,13 @@ import signal
 import socket
 
 from twisted.internet import base, endpoints, tcp
+from twisted.internet.error import ConnectionDone
 from twisted.protocols.basic import Int32StringReceiver
+from twisted.python import usage
+from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web import server
+from twisted.web.test.requesthelper import DummyChannel
 
 from tcpdemo import twistedinternals
 from tcpdemo.frame import FrameReceiver
@@ -60,6 +65,25 @@ class PrivateNamesExistTests(unittest.TestCase):
         connection = tcp.Connection(server, None, _IdleReactor())  # type: ignore[arg-type]
         for name in twistedinternals.CONNECTION_BUFFER_ATTRIBUTES:
             self.assertPrivate(connection, name)
+
+    def test_readDelivery(self) -> None:
+        self.assertPrivate(tcp.Connection, "_dataReceived")
+
+    def test_optionDispatchers(self) -> None:
+        class Options(usage.Options):
+            optParameters = [["count", None, 1, "", int]]
+
+        options = Options()
+        dispatchers = twistedinternals.optionDispatchers(options)
+        self.assertIsInstance(dispatchers["count"], usage.CoerceParameter)
+        options.parseOptions(["--count", "7"])
+        self.assertEqual(options["count"], 7)
+
+    def test_requestDisconnected(self) -> None:
+        request = server.Request(DummyChannel())
+        self.assertFalse(twistedinternals.requestDisconnected(request))
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(twistedinternals.requestDisconnected(request))
 
     def test_frameBufferIsOurOwn(self) -> None:
         """
