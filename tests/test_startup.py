@@ -29,14 +29,15 @@ class StartupErrorTests(SynchronousTestCase):
         return path
 
     def runTwistd(
-        self, args: list[str], logfile: bool = True
+        self, args: list[str], logfile: bool = True, workdir: str | None = None
     ) -> tuple[int, list[str], str, str]:
         """
         Run C{twistd -n tcpdemo ARGS} (metrics off and loopback port 0
         unless ARGS say otherwise) to its end: its status, its standard
         error's lines, its standard output and its log.
         """
-        workdir = self.workdir()
+        if workdir is None:
+            workdir = self.workdir()
         log = os.path.join(workdir, "twistd.log")
         defaults = ["--port", f"tcp:0:interface={LOOPBACK}", "--metrics", "none"]
         done = subprocess.run(
@@ -94,8 +95,16 @@ class StartupErrorTests(SynchronousTestCase):
         L{checkOneLine} (early) for each of C{cases}, (args, expected),
         four twistd processes at a time.
         """
+        # Made here: trial's mktemp is not safe to call from several threads.
+        workdirs = [self.workdir() for _ in cases]
         with ThreadPoolExecutor(4) as pool:
-            outcomes = list(pool.map(lambda case: self.runTwistd(case[0]), cases))
+            outcomes = list(
+                pool.map(
+                    lambda case, workdir: self.runTwistd(case[0], workdir=workdir),
+                    cases,
+                    workdirs,
+                )
+            )
         for (args, expected), outcome in zip(cases, outcomes):
             self.checkOneLine(args, outcome, expected)
 
