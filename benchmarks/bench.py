@@ -90,35 +90,54 @@ class Scenario:
         #: Needs a server of its own (RSS per connection).
         self.fresh = fresh
 
-    def scaled(self, connections: int, rate: float | None = None,
-               window: int | None = None) -> Scenario:
+    def scaled(
+        self, connections: int, rate: float | None = None, window: int | None = None
+    ) -> Scenario:
         return Scenario(
-            self.name, self.title, connections,
+            self.name,
+            self.title,
+            connections,
             window=self.window if window is None else window,
             rate=self.rate if rate is None or self.rate is None else rate,
-            fresh=self.fresh, payloadSize=self.payloadSize,
+            fresh=self.fresh,
+            payloadSize=self.payloadSize,
         )
 
 
 SCENARIOS: dict[str, Scenario] = {
     "P": Scenario("P", "pipelined: 50 connections x 1000 in flight", 50, window=1000),
     "R": Scenario("R", "request/response: 100 connections x 1 in flight", 100, window=1),
-    "O": Scenario("O", "open loop: 100 000 submits/s over 100 connections", 100,
-                  rate=100_000),
-    "C": Scenario("C", "10 000 mostly idle connections, 1000 submits/s", 10_000,
-                  rate=1000, fresh=True),
+    "O": Scenario("O", "open loop: 100 000 submits/s over 100 connections", 100, rate=100_000),
+    "C": Scenario(
+        "C", "10 000 mostly idle connections, 1000 submits/s", 10_000, rate=1000, fresh=True
+    ),
     # Not one of the issue's four: P with payloads of varied sizes, as the
     # reference client sends, which the product's bulk scan handles frame
     # by frame rather than with strided slices.
-    "V": Scenario("V", "as P, payloads of 15-30 bytes (the reference client's codenames)",
-                  50, window=1000, payloadSize=None),
+    "V": Scenario(
+        "V",
+        "as P, payloads of 15-30 bytes (the reference client's codenames)",
+        50,
+        window=1000,
+        payloadSize=None,
+    ),
     # Issue 17's open loop: 50 connections on a fixed schedule, payloads of
     # varied sizes, latency counted from each Submit's scheduled send time
     # (no coordinated omission), at a heavy and at a moderate rate.
-    "OV": Scenario("OV", "open loop: 100 000 submits/s over 50 connections, payloads of "
-                   "15-30 bytes", 50, rate=100_000, payloadSize=None),
-    "OV20": Scenario("OV20", "open loop: 20 000 submits/s over 50 connections, payloads of "
-                     "15-30 bytes", 50, rate=20_000, payloadSize=None),
+    "OV": Scenario(
+        "OV",
+        "open loop: 100 000 submits/s over 50 connections, payloads of 15-30 bytes",
+        50,
+        rate=100_000,
+        payloadSize=None,
+    ),
+    "OV20": Scenario(
+        "OV20",
+        "open loop: 20 000 submits/s over 50 connections, payloads of 15-30 bytes",
+        50,
+        rate=20_000,
+        payloadSize=None,
+    ),
 }
 
 #: The CI-sized versions: seconds in all.
@@ -159,9 +178,7 @@ def pypyVenv(pypy: str) -> str:
     """
     venv = VENV / "pypy39"
     python = venv / "bin" / "python"
-    stamp = hashlib.sha256(
-        ((ROOT / "setup.cfg").read_text() + pypy).encode()
-    ).hexdigest()
+    stamp = hashlib.sha256(((ROOT / "setup.cfg").read_text() + pypy).encode()).hexdigest()
     marker = venv / "tcpdemo-bench.stamp"
     if python.exists() and marker.exists() and marker.read_text() == stamp:
         return str(python)
@@ -178,12 +195,22 @@ def pypyVenv(pypy: str) -> str:
     # plugin discovery finds twisted/plugins/tcpdemo_plugin.py there (the
     # default import-hook mode hides it, and `twistd tcpdemo` is unknown).
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q",
-         "--config-settings", "editable_mode=compat", "-e", str(ROOT)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--config-settings",
+            "editable_mode=compat",
+            "-e",
+            str(ROOT),
+        ],
         check=True,
     )
-    subprocess.run([str(venv / "bin" / "twistd"), "tcpdemo", "--help"], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [str(venv / "bin" / "twistd"), "tcpdemo", "--help"], check=True, stdout=subprocess.DEVNULL
+    )
     marker.write_text(stamp)
     return str(python)
 
@@ -208,8 +235,13 @@ def runScenario(
     rssBefore = server.rssBytes()
     loadBefore = os.getloadavg()[0]
     command = clientCommand(
-        clientPython, server.port, scenario.connections, duration, scenario.payloadSize,
-        window=scenario.window, rate=scenario.rate,
+        clientPython,
+        server.port,
+        scenario.connections,
+        duration,
+        scenario.payloadSize,
+        window=scenario.window,
+        rate=scenario.rate,
     )
     client = Client(command, clientCpu, timeout=duration + 180)
     extra: dict[str, Any] = {}
@@ -222,18 +254,24 @@ def runScenario(
     figures = clientFigures(scenario, result)
     acked = figures["acked"]
     cpu = cpuAfter - cpuBefore
-    figures.update({
-        "server_cpu_s": round(cpu, 3),
-        "server_cpu_us_per_ack": round(cpu * 1e6 / acked, 4) if acked else None,
-        "server_cpu_percent": round(100 * cpu / result["duration_s"], 1)
-        if result["duration_s"] else None,
-        # Time the server was runnable but had no CPU: the shared machine's share.
-        "server_cpu_wait_percent": round(100 * (waitAfter - waitBefore) / result["duration_s"], 1)
-        if result["duration_s"] else None,
-        "rss_before_mib": round(rssBefore / 2**20, 2),
-        "rss_after_mib": round(rssAfter / 2**20, 2),
-        "loadavg_1m_before": round(loadBefore, 2),
-    })
+    figures.update(
+        {
+            "server_cpu_s": round(cpu, 3),
+            "server_cpu_us_per_ack": round(cpu * 1e6 / acked, 4) if acked else None,
+            "server_cpu_percent": round(100 * cpu / result["duration_s"], 1)
+            if result["duration_s"]
+            else None,
+            # Time the server was runnable but had no CPU: the shared machine's share.
+            "server_cpu_wait_percent": round(
+                100 * (waitAfter - waitBefore) / result["duration_s"], 1
+            )
+            if result["duration_s"]
+            else None,
+            "rss_before_mib": round(rssBefore / 2**20, 2),
+            "rss_after_mib": round(rssAfter / 2**20, 2),
+            "loadavg_1m_before": round(loadBefore, 2),
+        }
+    )
     figures.update(extra)
     return figures
 
@@ -268,8 +306,9 @@ def clientFigures(scenario: Scenario, result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def idleConnections(server: Server, scenario: Scenario, timeout: float = 120.0
-                    ) -> Callable[[], dict[str, Any]]:
+def idleConnections(
+    server: Server, scenario: Scenario, timeout: float = 120.0
+) -> Callable[[], dict[str, Any]]:
     """
     For scenario C: once the client's connections are all open on the
     server, read its RSS; returns the figures for L{runScenario}.
@@ -298,8 +337,14 @@ def idleConnections(server: Server, scenario: Scenario, timeout: float = 120.0
     return measure
 
 
-def warmUp(server: Server, clientPython: str, seconds: float, clientCpu: int | None,
-           connections: int = 50, window: int = 1000) -> None:
+def warmUp(
+    server: Server,
+    clientPython: str,
+    seconds: float,
+    clientCpu: int | None,
+    connections: int = 50,
+    window: int = 1000,
+) -> None:
     """
     Load the server for a while first: PyPy's JIT compiles the hot loops,
     and both runtimes grow their buffers and free lists.
@@ -308,16 +353,17 @@ def warmUp(server: Server, clientPython: str, seconds: float, clientCpu: int | N
         return
     assert server.port is not None
     result = Client(
-        clientCommand(clientPython, server.port, connections, seconds, PAYLOAD_SIZE,
-                      window=window),
-        clientCpu, timeout=seconds + 120,
+        clientCommand(clientPython, server.port, connections, seconds, PAYLOAD_SIZE, window=window),
+        clientCpu,
+        timeout=seconds + 120,
     ).result()
     if result["errors"]["total"]:
         raise BenchError(f"{server.kind}: errors while warming up: {result['errors']}")
 
 
-def warmUpAs(server: Server, scenario: Scenario, clientPython: str, seconds: float,
-             clientCpu: int | None) -> None:
+def warmUpAs(
+    server: Server, scenario: Scenario, clientPython: str, seconds: float, clientCpu: int | None
+) -> None:
     """
     Run C{scenario}'s own load for a while first, unmeasured.
     """
@@ -325,13 +371,22 @@ def warmUpAs(server: Server, scenario: Scenario, clientPython: str, seconds: flo
         return
     assert server.port is not None
     result = Client(
-        clientCommand(clientPython, server.port, scenario.connections, seconds,
-                      scenario.payloadSize, window=scenario.window, rate=scenario.rate),
-        clientCpu, timeout=seconds + 120,
+        clientCommand(
+            clientPython,
+            server.port,
+            scenario.connections,
+            seconds,
+            scenario.payloadSize,
+            window=scenario.window,
+            rate=scenario.rate,
+        ),
+        clientCpu,
+        timeout=seconds + 120,
     ).result()
     if result["errors"]["total"]:
-        raise BenchError(f"{server.kind}: errors while warming up {scenario.name}: "
-                         f"{result['errors']}")
+        raise BenchError(
+            f"{server.kind}: errors while warming up {scenario.name}: {result['errors']}"
+        )
 
 
 # A full run
@@ -348,8 +403,10 @@ class Bench:
         pin = options.pin and cpus >= 2 and shutil.which("taskset") is not None
         self.serverCpu: int | None = 0 if pin else None
         self.clientCpu: int | None = 1 if pin else None
-        self.logDir = Path(options.log_dir or (RESULTS / "logs" if not options.smoke
-                                               else Path(os.environ.get("TMPDIR", "/tmp"))))
+        self.logDir = Path(
+            options.log_dir
+            or (RESULTS / "logs" if not options.smoke else Path(os.environ.get("TMPDIR", "/tmp")))
+        )
         self.logDir.mkdir(parents=True, exist_ok=True)
 
     def interpreters(self) -> dict[str, str]:
@@ -381,8 +438,10 @@ class Bench:
         self.runs.append(figures)
         problem = ""
         if figures["errors"] or figures["client_exit_status"] != 0 or not figures["acked"]:
-            problem = (f" FAILED: {figures['errors']} client errors, exit "
-                       f"{figures['client_exit_status']}: {figures['error_messages']}")
+            problem = (
+                f" FAILED: {figures['errors']} client errors, exit "
+                f"{figures['client_exit_status']}: {figures['error_messages']}"
+            )
             self.failures.append(f"{runtime} {server} {figures['scenario']}: {problem}")
         extra = ""
         if "rss_per_connection_kib" in figures:
@@ -397,42 +456,74 @@ class Bench:
             f"CPU, server waited {figures.get('server_cpu_wait_percent')}%{extra}{problem}"
         )
 
-    def serverRound(self, runtime: str, python: str, clientPython: str, kind: str,
-                    round_: int, scenarios: dict[str, Scenario]) -> None:
+    def serverRound(
+        self,
+        runtime: str,
+        python: str,
+        clientPython: str,
+        kind: str,
+        round_: int,
+        scenarios: dict[str, Scenario],
+    ) -> None:
         duration = self.options.duration
         warm = self.options.warmup
         shared = [s for s in scenarios.values() if not s.fresh]
         fresh = [s for s in scenarios.values() if s.fresh]
         # The workers are spread over every CPU: pinning the client to one of
         # them would favour neither, so nothing is pinned.
-        serverCpu, clientCpu = ((None, None) if kind in WORKERS
-                                else (self.serverCpu, self.clientCpu))
+        serverCpu, clientCpu = (None, None) if kind in WORKERS else (self.serverCpu, self.clientCpu)
         pinned = {"pinned": serverCpu is not None}
         if shared:
             with Server(kind, python, serverCpu, logDir=self.logDir) as server:
-                warmUp(server, clientPython, warm, clientCpu,
-                       *((5, 100) if self.options.smoke else (50, 1000)))
+                warmUp(
+                    server,
+                    clientPython,
+                    warm,
+                    clientCpu,
+                    *((5, 100) if self.options.smoke else (50, 1000)),
+                )
                 for scenario in shared:
                     if scenario.rate is not None and not self.options.smoke:
                         # The open loop's short reads of varied sizes take
                         # other paths than P's warm-up: PyPy's JIT traces
                         # them first, unmeasured (see benchmarks/pauses.py).
                         warmUpAs(server, scenario, clientPython, min(warm, 3.0), clientCpu)
-                    self.record(runtime, kind, round_, {**runScenario(
-                        server, scenario, clientPython, duration, clientCpu), **pinned})
+                    self.record(
+                        runtime,
+                        kind,
+                        round_,
+                        {
+                            **runScenario(server, scenario, clientPython, duration, clientCpu),
+                            **pinned,
+                        },
+                    )
                 self.checkExit(server)
         for scenario in fresh:
             with Server(kind, python, serverCpu, logDir=self.logDir) as server:
                 # A short, light warm-up: the code paths, not the buffers.
                 warmUp(server, clientPython, min(warm, 1.0), clientCpu, 10, 10)
                 time.sleep(0.5)
-                self.record(runtime, kind, round_, {**runScenario(
-                    server, scenario, clientPython, duration, clientCpu,
-                    onConnected=idleConnections(server, scenario)), **pinned})
+                self.record(
+                    runtime,
+                    kind,
+                    round_,
+                    {
+                        **runScenario(
+                            server,
+                            scenario,
+                            clientPython,
+                            duration,
+                            clientCpu,
+                            onConnected=idleConnections(server, scenario),
+                        ),
+                        **pinned,
+                    },
+                )
                 self.checkExit(server)
 
-    def smokeRun(self, interpreters: dict[str, str], clientPython: str,
-                 scenarios: dict[str, Scenario]) -> None:
+    def smokeRun(
+        self, interpreters: dict[str, str], clientPython: str, scenarios: dict[str, Scenario]
+    ) -> None:
         """
         CI-sized: every server (steps and peers included) started at once,
         each checked with the test vectors of docs/protocol.md (vectors.py); then
@@ -441,8 +532,9 @@ class Bench:
         """
         duration = self.options.duration
         for runtime, python in interpreters.items():
-            servers = [Server(kind, python, None, logDir=self.logDir)
-                       for kind in self.options.servers]
+            servers = [
+                Server(kind, python, None, logDir=self.logDir) for kind in self.options.servers
+            ]
             try:
                 for server in servers:
                     server.launch()
@@ -461,9 +553,19 @@ class Bench:
                 server = product[0]
                 assert server.port is not None
                 clients = {
-                    name: Client(clientCommand(
-                        clientPython, server.port, sc.connections, duration, sc.payloadSize,
-                        window=sc.window, rate=sc.rate), None, timeout=duration + 60)
+                    name: Client(
+                        clientCommand(
+                            clientPython,
+                            server.port,
+                            sc.connections,
+                            duration,
+                            sc.payloadSize,
+                            window=sc.window,
+                            rate=sc.rate,
+                        ),
+                        None,
+                        timeout=duration + 60,
+                    )
                     for name, sc in scenarios.items()
                 }
                 for name, client in clients.items():
@@ -479,13 +581,15 @@ class Bench:
                     if status != 0 and server.isTcpdemo and server.port is not None:
                         self.failures.append(
                             f"{runtime} {server.kind}: exit status {status} on SIGTERM:\n"
-                            f"{server.logTail()}")
+                            f"{server.logTail()}"
+                        )
 
     def checkExit(self, server: Server) -> None:
         status = server.stop()
         if status != 0 and server.isTcpdemo:
             self.failures.append(
-                f"{server.kind}: exit status {status} on SIGTERM:\n{server.logTail()}")
+                f"{server.kind}: exit status {status} on SIGTERM:\n{server.logTail()}"
+            )
 
     def run(self) -> int:
         options = self.options
@@ -497,19 +601,25 @@ class Bench:
             scenarios["C"] = scenarios["C"].scaled(limit - 200)
         interpreters = self.interpreters()
         clientPython = self.clientPython(interpreters)
-        log(f"servers: {', '.join(options.servers)}; runtimes: "
+        log(
+            f"servers: {', '.join(options.servers)}; runtimes: "
             + ", ".join(f"{k} ({interpreterVersion(v)})" for k, v in interpreters.items())
             + f"; client: {interpreterVersion(clientPython)}; pinning: "
-            + ("server CPU 0, client CPU 1" if self.serverCpu is not None else "off"))
+            + ("server CPU 0, client CPU 1" if self.serverCpu is not None else "off")
+        )
         started = time.time()
         self.productAtStart = productDigest()
         for round_ in range(1, options.runs + 1 if not options.smoke else 1):
             for runtime, python in interpreters.items():
                 for kind in options.servers:
-                    wanted = {n: s for n, s in scenarios.items()
-                              if kind not in KIND_SCENARIOS or n in KIND_SCENARIOS[kind]
-                              or options.scenarios_chosen
-                              or options.smoke}
+                    wanted = {
+                        n: s
+                        for n, s in scenarios.items()
+                        if kind not in KIND_SCENARIOS
+                        or n in KIND_SCENARIOS[kind]
+                        or options.scenarios_chosen
+                        or options.smoke
+                    }
                     try:
                         self.serverRound(runtime, python, clientPython, kind, round_, wanted)
                     except BenchError as e:
@@ -560,8 +670,11 @@ def mergeResults(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     kept = [r for r in old["runs"] if (r["runtime"], r["server"], r["scenario"]) not in measured]
     merged = dict(new)
     merged["runs"] = kept + new["runs"]
-    merged["meta"] = {**old.get("meta", {}), **new["meta"],
-                      "merged": old.get("meta", {}).get("merged", 0) + 1}
+    merged["meta"] = {
+        **old.get("meta", {}),
+        **new["meta"],
+        "merged": old.get("meta", {}).get("merged", 0) + 1,
+    }
     return merged
 
 
@@ -572,15 +685,18 @@ def productDigest() -> str:
     """
     return hashlib.sha256(
         (ROOT / "tcpdemo" / "protocol.py").read_bytes()
-        + (ROOT / "tcpdemo" / "frame.py").read_bytes()).hexdigest()[:12]
+        + (ROOT / "tcpdemo" / "frame.py").read_bytes()
+    ).hexdigest()[:12]
 
 
-def environment(interpreters: dict[str, str], clientPython: str,
-                serverCpu: int | None, clientCpu: int | None) -> dict[str, Any]:
+def environment(
+    interpreters: dict[str, str], clientPython: str, serverCpu: int | None, clientCpu: int | None
+) -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True,
-                                  text=True).stdout.strip()
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
         except OSError:
             return ""
 
@@ -623,42 +739,79 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
                 if v not in allowed:
                     raise argparse.ArgumentTypeError(f"{v!r} is not one of {', '.join(allowed)}")
             return chosen
+
         return parse
 
-    parser.add_argument("--smoke", action="store_true",
-                        help="CI-sized: tiny scenarios, one round, the current interpreter "
-                        "for servers and client, no pinning, no warm-up; asserts zero "
-                        "client errors, not speed")
-    parser.add_argument("--runtimes", type=names(("cpython", "pypy", "current")),
-                        default=None, help="server runtimes [cpython,pypy; smoke: current]")
-    parser.add_argument("--servers", type=names(ALL_SERVERS), default=None,
-                        help=f"servers to run, of {','.join(ALL_SERVERS)} [the steps, final "
-                        "and the peers; the smoke run checks all of them with the "
-                        "docs/protocol.md vectors and runs the scenarios against final]")
-    parser.add_argument("--scenarios", type=names(tuple(SCENARIOS)), default=None,
-                        help="scenarios [P,R,O,C,V,OV,OV20; without this option the steps run "
-                        "only P and R, sqlite P, V and R, final-pure P, V and OV]")
-    parser.add_argument("--runs", type=int, default=None,
-                        help="rounds; each round runs every server once [3; smoke: 1]")
-    parser.add_argument("--duration", type=float, default=None,
-                        help="seconds per client run [5; smoke: 1]")
-    parser.add_argument("--warmup", type=float, default=None,
-                        help="seconds of P-shaped load before measuring [3; smoke: 0]")
-    parser.add_argument("--client", default=None,
-                        help="python for the client: 'pypy' (the PyPy venv), 'current', "
-                        "or a path [pypy; smoke: current]")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI-sized: tiny scenarios, one round, the current interpreter "
+        "for servers and client, no pinning, no warm-up; asserts zero "
+        "client errors, not speed",
+    )
+    parser.add_argument(
+        "--runtimes",
+        type=names(("cpython", "pypy", "current")),
+        default=None,
+        help="server runtimes [cpython,pypy; smoke: current]",
+    )
+    parser.add_argument(
+        "--servers",
+        type=names(ALL_SERVERS),
+        default=None,
+        help=f"servers to run, of {','.join(ALL_SERVERS)} [the steps, final "
+        "and the peers; the smoke run checks all of them with the "
+        "docs/protocol.md vectors and runs the scenarios against final]",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=names(tuple(SCENARIOS)),
+        default=None,
+        help="scenarios [P,R,O,C,V,OV,OV20; without this option the steps run "
+        "only P and R, sqlite P, V and R, final-pure P, V and OV]",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="rounds; each round runs every server once [3; smoke: 1]",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds per client run [5; smoke: 1]"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of P-shaped load before measuring [3; smoke: 0]",
+    )
+    parser.add_argument(
+        "--client",
+        default=None,
+        help="python for the client: 'pypy' (the PyPy venv), 'current', "
+        "or a path [pypy; smoke: current]",
+    )
     parser.add_argument("--cpython", default=None, help="CPython for the servers [this one]")
     parser.add_argument("--pypy", default="pypy3", help="PyPy to build the venv from [pypy3]")
-    parser.add_argument("--no-pin", dest="pin", action="store_false",
-                        help="do not pin the server to CPU 0 and the client to CPU 1")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the server to CPU 0 and the client to CPU 1",
+    )
     parser.add_argument("--out", default=None, help="results directory [benchmarks/results]")
     parser.add_argument("--log-dir", default=None, help="server logs [results/logs]")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep earlier results.json runs not measured again")
-    parser.add_argument("--update-doc", action="store_true",
-                        help="rewrite the generated section of BENCHMARKS.md")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile each tcpdemo server under P instead (see profile.py)")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep earlier results.json runs not measured again"
+    )
+    parser.add_argument(
+        "--update-doc", action="store_true", help="rewrite the generated section of BENCHMARKS.md"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile each tcpdemo server under P instead (see profile.py)",
+    )
     options = parser.parse_args(argv)
     smoke = options.smoke
     options.scenarios_chosen = options.scenarios is not None
@@ -667,8 +820,9 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
     if options.runtimes is None:
         options.runtimes = ["current"] if smoke else ["cpython", "pypy"]
     if options.servers is None:
-        options.servers = (list(STEP_NAMES) + [PRODUCT] + list(PEERS) + list(HANDLERS)
-                           + list(PRODUCT_ENVS))
+        options.servers = (
+            list(STEP_NAMES) + [PRODUCT] + list(PEERS) + list(HANDLERS) + list(PRODUCT_ENVS)
+        )
         if smoke:
             options.servers += list(PROPOSALS) + list(WORKERS)
     if options.runs is None:

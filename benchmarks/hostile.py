@@ -279,9 +279,7 @@ def partial(
             rssTrickling = server.rss()
             os.kill(trickler, signal.SIGKILL)
             os.waitpid(trickler, 0)
-            closedByServer = server.metric(
-                'tcpdemo_protocol_errors_total{reason="memory_budget"}'
-            )
+            closedByServer = server.metric('tcpdemo_protocol_errors_total{reason="memory_budget"}')
             sampler.halt.set()
             sampler.join()
             for sock in attackers:

@@ -154,8 +154,13 @@ def twistdRun(
     try:
         s = SCENARIOS[scenario]
         command = clientCommand(
-            sys.executable, server.port, s.connections, args.seconds, s.payloadSize,
-            window=s.window, rate=s.rate,
+            sys.executable,
+            server.port,
+            s.connections,
+            args.seconds,
+            s.payloadSize,
+            window=s.window,
+            rate=s.rate,
         )
         natsBefore = natsCpu(cluster) if cluster else 0.0
         serverCpu = cpuSeconds(server.pid)
@@ -194,8 +199,13 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=250, help="batches outstanding (direct)")
     parser.add_argument("--twistd", action="store_true", help="the real server under P and V")
     parser.add_argument("--scenarios", nargs="+", default=["P", "V"])
-    parser.add_argument("--baseline", nargs="*", default=[], choices=["ack", "sqlite"],
-                        help="with --twistd: these handlers first, side by side")
+    parser.add_argument(
+        "--baseline",
+        nargs="*",
+        default=[],
+        choices=["ack", "sqlite"],
+        help="with --twistd: these handlers first, side by side",
+    )
     args = parser.parse_args()
 
     from twisted.internet import defer, task
@@ -219,8 +229,11 @@ def main() -> None:
                 else:
                     runs.append(await directRun(reactor, cluster, replicas, args))
                 for figures in runs:
-                    figures.update(replicas=replicas, nodes=len(cluster.servers),
-                                   loadavg_1m=round(os.getloadavg()[0], 2))
+                    figures.update(
+                        replicas=replicas,
+                        nodes=len(cluster.servers),
+                        loadavg_1m=round(os.getloadavg()[0], 2),
+                    )
                     print(json.dumps(figures), flush=True)
             finally:
                 cluster.stop()

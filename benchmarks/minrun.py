@@ -45,8 +45,9 @@ def measure(count: int, number: int = 20000) -> tuple[float, float]:
         return _acks(ids)
 
     for _ in range(2):  # PyPy: let the JIT compile both first
-        best = [min(timeit.repeat(f, number=number, repeat=5)) / number * 1e6
-                for f in (strided, loop)]
+        best = [
+            min(timeit.repeat(f, number=number, repeat=5)) / number * 1e6 for f in (strided, loop)
+        ]
     return best[0], best[1]
 
 

@@ -52,8 +52,12 @@ def timestamp(python: str) -> int:
     """
     The time-stamp counter now, as PyPy's log reads it.
     """
-    out = subprocess.run([python, "-c", "import __pypy__; print(__pypy__.debug_read_timestamp())"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [python, "-c", "import __pypy__; print(__pypy__.debug_read_timestamp())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return int(out)
 
 
@@ -103,15 +107,26 @@ def run(out: Path, seconds: float | None) -> list[dict[str, Any]]:
         for name, connections, window, size, rate, length in PHASES:
             length = seconds if seconds is not None and rate is not None else length
             start = timestamp(python)
-            result = Client(clientCommand(python, server.port, connections, length, size,
-                                          window=window, rate=rate), None,
-                            timeout=length + 120).result()
-            phases.append({"phase": name, "start": start, "end": timestamp(python),
-                           "latency_ms": {k: v / 1000 for k, v in result["latency_us"].items()
-                                          if k != "count"},
-                           "acks_per_s": result["throughput_acks_per_s"],
-                           "errors": result["errors"]["total"],
-                           "max_tick_gap_ms": result["max_tick_gap_ms"]})
+            result = Client(
+                clientCommand(
+                    python, server.port, connections, length, size, window=window, rate=rate
+                ),
+                None,
+                timeout=length + 120,
+            ).result()
+            phases.append(
+                {
+                    "phase": name,
+                    "start": start,
+                    "end": timestamp(python),
+                    "latency_ms": {
+                        k: v / 1000 for k, v in result["latency_us"].items() if k != "count"
+                    },
+                    "acks_per_s": result["throughput_acks_per_s"],
+                    "errors": result["errors"]["total"],
+                    "max_tick_gap_ms": result["max_tick_gap_ms"],
+                }
+            )
     finally:
         server.stop()
     hz = ticksPerSecond(python)
@@ -122,8 +137,13 @@ def run(out: Path, seconds: float | None) -> list[dict[str, Any]]:
             if phase["start"] <= start <= phase["end"]:
                 causes[name].append((end - start) / hz * 1000)
         phase["pauses"] = {
-            name: {"count": len(d), "total_ms": round(sum(d), 1), "max_ms": round(max(d), 2),
-                   "over_1ms": sum(x > 1 for x in d), "over_5ms": sum(x > 5 for x in d)}
+            name: {
+                "count": len(d),
+                "total_ms": round(sum(d), 1),
+                "max_ms": round(max(d), 2),
+                "over_1ms": sum(x > 1 for x in d),
+                "over_5ms": sum(x > 5 for x in d),
+            }
             for name, d in sorted(causes.items())
         }
         del phase["start"], phase["end"]
@@ -132,25 +152,35 @@ def run(out: Path, seconds: float | None) -> list[dict[str, Any]]:
 
 
 def table(phases: list[dict[str, Any]]) -> str:
-    lines = ["| phase | acks/s | p50 / p99 / max ms | client's longest pause ms | cause: "
-             "pauses, total ms, longest ms, over 1 ms / over 5 ms |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| phase | acks/s | p50 / p99 / max ms | client's longest pause ms | cause: "
+        "pauses, total ms, longest ms, over 1 ms / over 5 ms |",
+        "|---|---|---|---|---|",
+    ]
     for p in phases:
         lat = p["latency_ms"]
-        causes = "; ".join(f"{n}: {c['count']}, {c['total_ms']:.0f}, {c['max_ms']:.1f}, "
-                           f"{c['over_1ms']} / {c['over_5ms']}" for n, c in p["pauses"].items())
+        causes = "; ".join(
+            f"{n}: {c['count']}, {c['total_ms']:.0f}, {c['max_ms']:.1f}, "
+            f"{c['over_1ms']} / {c['over_5ms']}"
+            for n, c in p["pauses"].items()
+        )
         gap = p["max_tick_gap_ms"]
-        lines.append(f"| {p['phase']} | {p['acks_per_s']:,.0f} | {lat['p50']:.2f} / "
-                     f"{lat['p99']:.2f} / {lat['max']:.2f} | "
-                     f"{'–' if gap is None else format(gap, '.0f')} | {causes or 'none'} |")
+        lines.append(
+            f"| {p['phase']} | {p['acks_per_s']:,.0f} | {lat['p50']:.2f} / "
+            f"{lat['p99']:.2f} / {lat['max']:.2f} | "
+            f"{'–' if gap is None else format(gap, '.0f')} | {causes or 'none'} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pauses",
-                                     description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="seconds per open-loop phase [5]")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pauses",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds per open-loop phase [5]"
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pauses"))
     options = parser.parse_args(argv)
     phases = run(Path(options.out), options.seconds)

@@ -77,12 +77,18 @@ def collapsedTop(text: str, rows: int = TOP) -> str:
             total[name] += n
     if not samples:
         return "(no samples)\n"
-    out = [f"{samples} samples of the server's reactor thread (idle time excluded)", "",
-           "  own %  total %  function"]
+    out = [
+        f"{samples} samples of the server's reactor thread (idle time excluded)",
+        "",
+        "  own %  total %  function",
+    ]
     for name, n in own.most_common(rows):
         out.append(f"{100 * n / samples:7.1f}  {100 * total[name] / samples:7.1f}  {name}")
-    out += ["", "  by total % (own + callees; the reactor's frames above the protocol "
-            "left out):", ""]
+    out += [
+        "",
+        "  by total % (own + callees; the reactor's frames above the protocol left out):",
+        "",
+    ]
     below = [(name, n) for name, n in total.most_common() if n < 0.96 * samples]
     for name, n in below[:rows]:
         out.append(f"{100 * own[name] / samples:7.1f}  {100 * n / samples:7.1f}  {name}")
@@ -95,17 +101,39 @@ def pySpy(pid: int, seconds: float) -> str | None:
         return None
     with tempfile.NamedTemporaryFile(suffix=".txt") as f:
         result = subprocess.run(
-            [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-             "--rate", "250", "--format", "raw", "--output", f.name, "--nonblocking"],
-            capture_output=True, text=True,
+            [
+                exe,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                f.name,
+                "--nonblocking",
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             return f"(py-spy failed: {result.stderr.strip()[-500:]})\n"
         return Path(f.name).read_text()
 
 
-def profileServer(bench: Bench, runtime: str, python: str, clientPython: str, kind: str,
-                  seconds: float, out: Path, scenario: Scenario) -> Path:
+def profileServer(
+    bench: Bench,
+    runtime: str,
+    python: str,
+    clientPython: str,
+    kind: str,
+    seconds: float,
+    out: Path,
+    scenario: Scenario,
+) -> Path:
     pypy = runtime == "pypy"
     suffix = "" if scenario.name == "P" else f"-{scenario.name}"
     spy = not pypy and shutil.which("py-spy") is not None
@@ -115,27 +143,47 @@ def profileServer(bench: Bench, runtime: str, python: str, clientPython: str, ki
         assert server.port is not None
         length = seconds * (2 if spy else 1) + 4
         client = Client(
-            clientCommand(clientPython, server.port, scenario.connections, length,
-                          scenario.payloadSize, window=scenario.window, rate=scenario.rate),
-            bench.clientCpu, timeout=length + 120,
+            clientCommand(
+                clientPython,
+                server.port,
+                scenario.connections,
+                length,
+                scenario.payloadSize,
+                window=scenario.window,
+                rate=scenario.rate,
+            ),
+            bench.clientCpu,
+            timeout=length + 120,
         )
         time.sleep(1.5)
         if spy:
             raw = pySpy(server.pid, seconds)
             if raw is not None:
                 (out / f"{runtime}-{kind}{suffix}.pyspy.txt").write_text(raw)
-                sections.append((f"py-spy, {seconds:g} s at 250 Hz, under {scenario.name} "
-                                 "(sampling: proportions as they are)", collapsedTop(raw)))
+                sections.append(
+                    (
+                        f"py-spy, {seconds:g} s at 250 Hz, under {scenario.name} "
+                        "(sampling: proportions as they are)",
+                        collapsedTop(raw),
+                    )
+                )
         try:
             table = server.profile(seconds)
         except OSError as e:
             table = f"(/debug/profile failed: {e})\n"
-        sections.append((f"/debug/profile (cProfile), {seconds:g} s under {scenario.name} "
-                         "(deterministic: the profiler's own cost inflates small calls)", table))
+        sections.append(
+            (
+                f"/debug/profile (cProfile), {seconds:g} s under {scenario.name} "
+                "(deterministic: the profiler's own cost inflates small calls)",
+                table,
+            )
+        )
         result = client.result()
-    header = (f"{runtime} server {kind} under {scenario.name} ({scenario.title}); during the "
-              f"profiled run: {result['throughput_acks_per_s']:,.0f} acks/s (slowed by the "
-              f"profiler), {result['errors']['total']} client errors\n")
+    header = (
+        f"{runtime} server {kind} under {scenario.name} ({scenario.title}); during the "
+        f"profiled run: {result['throughput_acks_per_s']:,.0f} acks/s (slowed by the "
+        f"profiler), {result['errors']['total']} client errors\n"
+    )
     path = out / f"{runtime}-{kind}{suffix}.txt"
     path.write_text(header + "".join(f"\n== {title}\n\n{body}" for title, body in sections))
     log(f"wrote {path}")
@@ -163,8 +211,7 @@ def main(options: argparse.Namespace) -> int:
     for runtime, python in interpreters.items():
         for kind in servers:
             try:
-                profileServer(bench, runtime, python, clientPython, kind, seconds, out,
-                              scenario)
+                profileServer(bench, runtime, python, clientPython, kind, seconds, out, scenario)
             except BenchError as e:
                 failures += 1
                 log(f"{runtime} {kind}: FAILED: {e}")

@@ -35,12 +35,22 @@ TITLES = {
     "final-pure": "final, pure Python (TCPDEMO_NO_ACCEL=1)",
 }
 SHORT = {
-    "step0": "step0", "step1": "step1", "step2": "step2", "step3": "step3", "step4": "step4",
-    "step5": "step5", "step6": "step6", "step7": "step7",
-    "final": "final", "streams": "streams peer", "protocol": "Protocol peer",
+    "step0": "step0",
+    "step1": "step1",
+    "step2": "step2",
+    "step3": "step3",
+    "step4": "step4",
+    "step5": "step5",
+    "step6": "step6",
+    "step7": "step7",
+    "final": "final",
+    "streams": "streams peer",
+    "protocol": "Protocol peer",
     "final-64k": "final, 64 KiB reads",
-    "workers1": "--workers 1", "workers2": "--workers 2",
-    "sqlite": "sqlite", "final-pure": "final, pure Python",
+    "workers1": "--workers 1",
+    "workers2": "--workers 2",
+    "sqlite": "sqlite",
+    "final-pure": "final, pure Python",
 }
 RUNTIME_TITLES = {"cpython": "CPython", "pypy": "PyPy"}
 #: The order of the scenarios in the tables.
@@ -106,9 +116,11 @@ def _busy(g: dict[Key, list[dict[str, Any]]], key: Key) -> str:
     """
     The "server busy / waiting for a CPU, client busy" cell.
     """
-    return (f"{_fmt(stat(g, key, 'server_cpu_percent'), '.0f', False)} / "
-            f"{_fmt(stat(g, key, 'server_cpu_wait_percent'), '.0f', False)}, "
-            f"{_fmt(stat(g, key, 'client_cpu_percent'), '.0f', False)}")
+    return (
+        f"{_fmt(stat(g, key, 'server_cpu_percent'), '.0f', False)} / "
+        f"{_fmt(stat(g, key, 'server_cpu_wait_percent'), '.0f', False)}, "
+        f"{_fmt(stat(g, key, 'client_cpu_percent'), '.0f', False)}"
+    )
 
 
 def headline(data: dict[str, Any]) -> str:
@@ -131,15 +143,19 @@ def headline(data: dict[str, Any]) -> str:
                     continue
                 acks = stat(g, key, "acks_per_s")
                 cpu = stat(g, key, "server_cpu_us_per_ack")
-                rss = (stat(g, key, "rss_connected_mib") if sc == "C"
-                       else stat(g, key, "rss_after_mib"))
+                rss = (
+                    stat(g, key, "rss_connected_mib")
+                    if sc == "C"
+                    else stat(g, key, "rss_after_mib")
+                )
                 ratios = cpuRatios = ""
                 if server == PRODUCT:
                     ratios = " / ".join(
-                        _ratio(acks, stat(g, (rt, p, sc), "acks_per_s")) for p in PEERS)
+                        _ratio(acks, stat(g, (rt, p, sc), "acks_per_s")) for p in PEERS
+                    )
                     cpuRatios = " / ".join(
-                        _ratio(cpu, stat(g, (rt, p, sc), "server_cpu_us_per_ack"))
-                        for p in PEERS)
+                        _ratio(cpu, stat(g, (rt, p, sc), "server_cpu_us_per_ack")) for p in PEERS
+                    )
                 extra = ""
                 if sc == "C":
                     per = stat(g, key, "rss_per_connection_kib")
@@ -175,8 +191,9 @@ def stepsTable(data: dict[str, Any]) -> str:
                 ]
             if all(c.startswith("–") for c in cells):
                 continue
-            lines.append(f"| {TITLES[server]} | {RUNTIME_TITLES.get(rt, rt)} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {TITLES[server]} | {RUNTIME_TITLES.get(rt, rt)} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines)
 
 
@@ -210,19 +227,27 @@ def workersTable(data: dict[str, Any]) -> str:
                     f"{_fmt(stat(g, key, 'p99_ms'), '.2f')} | "
                     f"{_busy(g, key)} | {_ratio(acks, one)} |"
                 )
-    return "\n".join([
-        "Nothing pinned: the parent and its workers, and the client, share the machine's "
-        f"{data.get('meta', {}).get('cpus', '?')} CPUs, so **the client competes with the "
-        "workers for the cores**. Server CPU and busy are the parent's and every worker's "
-        "together (its `process_cpu_seconds_total`), up to 100% per CPU; waiting is the "
-        "time they were runnable but had no CPU.",
-        "",
-        *lines,
-    ])
+    return "\n".join(
+        [
+            "Nothing pinned: the parent and its workers, and the client, share the machine's "
+            f"{data.get('meta', {}).get('cpus', '?')} CPUs, so **the client competes with the "
+            "workers for the cores**. Server CPU and busy are the parent's and every worker's "
+            "together (its `process_cpu_seconds_total`), up to 100% per CPU; waiting is the "
+            "time they were runnable but had no CPU.",
+            "",
+            *lines,
+        ]
+    )
 
 
-def versusTable(data: dict[str, Any], kind: str, base: str, scenarios: Sequence[str],
-                baseName: str, kindName: str) -> str:
+def versusTable(
+    data: dict[str, Any],
+    kind: str,
+    base: str,
+    scenarios: Sequence[str],
+    baseName: str,
+    kindName: str,
+) -> str:
     """
     C{kind} against C{base} (the product, usually), scenario by scenario,
     measured in the same run; or nothing if C{kind} was not run.
@@ -278,48 +303,82 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         if value is None:
             rows.append((label, "not measured", "", None))
             return
-        rows.append((label, f"{_figure(value)} {unit}",
-                     f"{value / limit:.2f}× the target" if value > limit else "met",
-                     value <= limit))
+        rows.append(
+            (
+                label,
+                f"{_figure(value)} {unit}",
+                f"{value / limit:.2f}× the target" if value > limit else "met",
+                value <= limit,
+            )
+        )
 
-    def atLeast(label: str, value: float | None, other: float | None, factor: float,
-                what: str) -> None:
+    def atLeast(
+        label: str, value: float | None, other: float | None, factor: float, what: str
+    ) -> None:
         if value is None or other is None or not other:
             rows.append((label, "not measured", "", None))
             return
         ratio = value / other
         met = ratio >= factor
-        rows.append((label, f"{ratio:.2f}× {what}",
-                     "met" if met else f"{100 * (1 - ratio / factor):.0f}% short", met))
+        rows.append(
+            (
+                label,
+                f"{ratio:.2f}× {what}",
+                "met" if met else f"{100 * (1 - ratio / factor):.0f}% short",
+                met,
+            )
+        )
 
-    atMost("P, CPython: ≤ 0.30 µs server CPU per ack",
-           med("cpython", PRODUCT, "P", "server_cpu_us_per_ack"), 0.30, "µs")
+    atMost(
+        "P, CPython: ≤ 0.30 µs server CPU per ack",
+        med("cpython", PRODUCT, "P", "server_cpu_us_per_ack"),
+        0.30,
+        "µs",
+    )
     p = med("cpython", PRODUCT, "P", "acks_per_s")
     s = med("cpython", "streams", "P", "acks_per_s")
-    atLeast("P, CPython: ≥ 3× the asyncio-streams peer's acks/s", p, s, 3.0,
-            "the streams peer's")
-    atMost("P, PyPy: ≤ 0.10 µs server CPU per ack",
-           med("pypy", PRODUCT, "P", "server_cpu_us_per_ack"), 0.10, "µs")
+    atLeast("P, CPython: ≥ 3× the asyncio-streams peer's acks/s", p, s, 3.0, "the streams peer's")
+    atMost(
+        "P, PyPy: ≤ 0.10 µs server CPU per ack",
+        med("pypy", PRODUCT, "P", "server_cpu_us_per_ack"),
+        0.10,
+        "µs",
+    )
     for rt in runtimes(data):
         name = RUNTIME_TITLES.get(rt, rt)
         atMost(f"R, {name}: p99 ≤ 5 ms", med(rt, PRODUCT, "R", "p99_ms"), 5.0, "ms")
-        atLeast(f"R, {name}: acks/s ≥ the asyncio-Protocol peer's",
-                med(rt, PRODUCT, "R", "acks_per_s"), med(rt, "protocol", "R", "acks_per_s"),
-                1.0, "the Protocol peer's")
-    atMost("O at 100 k/s, CPython: p99 ≤ 10 ms", med("cpython", PRODUCT, "O", "p99_ms"),
-           10.0, "ms")
+        atLeast(
+            f"R, {name}: acks/s ≥ the asyncio-Protocol peer's",
+            med(rt, PRODUCT, "R", "acks_per_s"),
+            med(rt, "protocol", "R", "acks_per_s"),
+            1.0,
+            "the Protocol peer's",
+        )
+    atMost("O at 100 k/s, CPython: p99 ≤ 10 ms", med("cpython", PRODUCT, "O", "p99_ms"), 10.0, "ms")
     for rt in runtimes(data):
         name = RUNTIME_TITLES.get(rt, rt)
-        atMost(f"OV20 (open loop, varied sizes, 20 k/s), {name}: p99 ≤ Go demo2's "
-               f"{GO_DEMO2_P99_MS:g} ms (issue 17's figure)",
-               med(rt, PRODUCT, "OV20", "p99_ms"), GO_DEMO2_P99_MS, "ms")
-        atMost(f"OV (open loop, varied sizes, 100 k/s), {name}: p99 ≤ 15 ms",
-               med(rt, PRODUCT, "OV", "p99_ms"), 15.0, "ms")
+        atMost(
+            f"OV20 (open loop, varied sizes, 20 k/s), {name}: p99 ≤ Go demo2's "
+            f"{GO_DEMO2_P99_MS:g} ms (issue 17's figure)",
+            med(rt, PRODUCT, "OV20", "p99_ms"),
+            GO_DEMO2_P99_MS,
+            "ms",
+        )
+        atMost(
+            f"OV (open loop, varied sizes, 100 k/s), {name}: p99 ≤ 15 ms",
+            med(rt, PRODUCT, "OV", "p99_ms"),
+            15.0,
+            "ms",
+        )
     # Issue 17: frames of varied sizes (V), with the compiled scanner on CPython.
     for rt, limit in (("cpython", 0.15), ("pypy", 0.10)):
         if rt in runtimes(data):
-            atMost(f"V, {RUNTIME_TITLES[rt]}: ≤ {limit:g} µs server CPU per ack (issue 17)",
-                   med(rt, PRODUCT, "V", "server_cpu_us_per_ack"), limit, "µs")
+            atMost(
+                f"V, {RUNTIME_TITLES[rt]}: ≤ {limit:g} µs server CPU per ack (issue 17)",
+                med(rt, PRODUCT, "V", "server_cpu_us_per_ack"),
+                limit,
+                "µs",
+            )
     # Issue 15: the sqlite store against the default ack handler.
     for rt in runtimes(data):
         if (rt, "sqlite", "P") not in g:
@@ -328,24 +387,38 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
         acks = med(rt, "sqlite", "P", "acks_per_s")
         if rt == "cpython":
             if acks is None:
-                rows.append(("P, CPython, sqlite: ≥ 100,000 durable acks/s", "not measured",
-                             "", None))
+                rows.append(
+                    ("P, CPython, sqlite: ≥ 100,000 durable acks/s", "not measured", "", None)
+                )
             else:
-                rows.append(("P, CPython, sqlite: ≥ 100,000 durable acks/s (issue 15)",
-                             f"{acks:,.0f} acks/s",
-                             "met" if acks >= 100_000 else
-                             f"{100 * (1 - acks / 100_000):.0f}% short", acks >= 100_000))
+                rows.append(
+                    (
+                        "P, CPython, sqlite: ≥ 100,000 durable acks/s (issue 15)",
+                        f"{acks:,.0f} acks/s",
+                        "met" if acks >= 100_000 else f"{100 * (1 - acks / 100_000):.0f}% short",
+                        acks >= 100_000,
+                    )
+                )
         sqliteP99 = med(rt, "sqlite", "R", "p99_ms")
         ackP99 = med(rt, PRODUCT, "R", "p99_ms")
         if sqliteP99 is not None and ackP99:
             ratio = sqliteP99 / ackP99
-            rows.append((f"R, {name}: p99 with sqlite ≤ 2× the ack handler's (issue 15)",
-                         f"{ratio:.2f}× ({_figure(sqliteP99)} against {_figure(ackP99)} ms)",
-                         "met" if ratio <= 2 else f"{ratio / 2:.2f}× the target", ratio <= 2))
+            rows.append(
+                (
+                    f"R, {name}: p99 with sqlite ≤ 2× the ack handler's (issue 15)",
+                    f"{ratio:.2f}× ({_figure(sqliteP99)} against {_figure(ackP99)} ms)",
+                    "met" if ratio <= 2 else f"{ratio / 2:.2f}× the target",
+                    ratio <= 2,
+                )
+            )
     for rt in runtimes(data):
         name = RUNTIME_TITLES.get(rt, rt)
-        atMost(f"C, {name}: ≤ 3 KiB server RSS per idle connection",
-               med(rt, PRODUCT, "C", "rss_per_connection_kib"), 3.0, "KiB")
+        atMost(
+            f"C, {name}: ≤ 3 KiB server RSS per idle connection",
+            med(rt, PRODUCT, "C", "rss_per_connection_kib"),
+            3.0,
+            "KiB",
+        )
     return rows
 
 
@@ -367,18 +440,27 @@ def openLoopNote(data: dict[str, Any]) -> str:
                 s = stat(g, (rt, server, sc), "send_rate_per_s")
                 if s is not None:
                     gap = stat(g, (rt, server, sc), "max_tick_gap_ms")
-                    notes.append(f"{RUNTIME_TITLES.get(rt, rt)} {SHORT[server]} "
-                                 f"{s.median:,.0f}/s"
-                                 + (f" (longest sender pause {gap.median:.0f} ms)"
-                                    if gap is not None else ""))
+                    notes.append(
+                        f"{RUNTIME_TITLES.get(rt, rt)} {SHORT[server]} "
+                        f"{s.median:,.0f}/s"
+                        + (
+                            f" (longest sender pause {gap.median:.0f} ms)"
+                            if gap is not None
+                            else ""
+                        )
+                    )
         if notes:
-            paragraphs.append(f"Open loop {sc}: the rate the client actually sent at (asked: "
-                              f"{rate:,}/s): " + "; ".join(notes) + ".")
+            paragraphs.append(
+                f"Open loop {sc}: the rate the client actually sent at (asked: "
+                f"{rate:,}/s): " + "; ".join(notes) + "."
+            )
     if not paragraphs:
         return ""
-    paragraphs.append("In the open loop (O, OV, OV20, and C's light load) the client counts "
-                      "each Submit's latency from its scheduled send time, so its own pauses "
-                      "are in the figures too (before issue 17: from its write).")
+    paragraphs.append(
+        "In the open loop (O, OV, OV20, and C's light load) the client counts "
+        "each Submit's latency from its scheduled send time, so its own pauses "
+        "are in the figures too (before issue 17: from its write)."
+    )
     return "\n\n".join(paragraphs)
 
 
@@ -387,24 +469,36 @@ def summary(data: dict[str, Any]) -> str:
     pin = meta.get("pinning")
     lines = [
         f"Run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}"
-        + (" (tcpdemo/ modified in the working tree)" if meta.get("tcpdemo_modified_in_tree")
-           else "")
+        + (
+            " (tcpdemo/ modified in the working tree)"
+            if meta.get("tcpdemo_modified_in_tree")
+            else ""
+        )
         + f", protocol.py+frame.py sha256 {meta.get('protocol_sha256', '?')}; "
         f"{meta.get('cpus', '?')} × {meta.get('cpu_model', '?')}, Linux "
         f"{meta.get('kernel', '?')}; servers: "
         + ", ".join(f"{k} = {v}" for k, v in meta.get("servers", {}).items())
         + f"; client: {meta.get('client', '?')}; "
-        + (f"server pinned to CPU {pin['server']}, client to CPU {pin['client']}"
-           if pin else "no CPU pinning")
+        + (
+            f"server pinned to CPU {pin['server']}, client to CPU {pin['client']}"
+            if pin
+            else "no CPU pinning"
+        )
         + f"; {meta.get('rounds', '?')} round{'' if meta.get('rounds') == 1 else 's'} of "
         f"{meta.get('duration_s', '?')} s per "
         f"scenario after {meta.get('warmup_s', '?')} s of warm-up; payloads of "
         f"{meta.get('payload_size', 20)} bytes."
-        + (" **tcpdemo/protocol.py or frame.py changed while this run went on**: the "
-           "rounds of final may have measured different versions."
-           if meta.get("tcpdemo_changed_during_run") else "")
-        + (" Figures of servers not measured again were kept from the run before "
-           "(--merge)." if meta.get("merged") else "")
+        + (
+            " **tcpdemo/protocol.py or frame.py changed while this run went on**: the "
+            "rounds of final may have measured different versions."
+            if meta.get("tcpdemo_changed_during_run")
+            else ""
+        )
+        + (
+            " Figures of servers not measured again were kept from the run before (--merge)."
+            if meta.get("merged")
+            else ""
+        )
         + " The machine was shared with other "
         "engineers' test runs: compare ratios measured side by side, not absolute figures "
         "across runs.",
@@ -431,19 +525,31 @@ def summary(data: dict[str, Any]) -> str:
     for kind in HANDLERS:
         table = versusTable(data, kind, PRODUCT, ("P", "V", "R"), "ack", kind)
         if table:
-            lines += [f"### Handlers: `--handler ack` (the default) and `--handler {kind}`",
-                      "", "Measured in the same run, interleaved; each server starts with a "
-                      "new, empty database.", "", table, ""]
-    pure = versusTable(data, "final-pure", PRODUCT, ("P", "V", "OV"), "final",
-                       "final, pure Python")
+            lines += [
+                f"### Handlers: `--handler ack` (the default) and `--handler {kind}`",
+                "",
+                "Measured in the same run, interleaved; each server starts with a "
+                "new, empty database.",
+                "",
+                table,
+                "",
+            ]
+    pure = versusTable(data, "final-pure", PRODUCT, ("P", "V", "OV"), "final", "final, pure Python")
     if pure:
-        lines += ["### The compiled scanner: the product with and without it",
-                  "", "`final, pure Python` is the product run with `TCPDEMO_NO_ACCEL=1`: the "
-                  "pure-Python fast path, which PyPy always uses.", "", pure, ""]
+        lines += [
+            "### The compiled scanner: the product with and without it",
+            "",
+            "`final, pure Python` is the product run with `TCPDEMO_NO_ACCEL=1`: the "
+            "pure-Python fast path, which PyPy always uses.",
+            "",
+            pure,
+            "",
+        ]
     failures = data.get("failures") or []
     if failures:
-        lines += ["### Failures in this run", ""] + [f"- `{f.splitlines()[0]}`"
-                                                    for f in failures] + [""]
+        lines += (
+            ["### Failures in this run", ""] + [f"- `{f.splitlines()[0]}`" for f in failures] + [""]
+        )
     return "\n".join(lines)
 
 
@@ -468,7 +574,7 @@ def _niceMax(value: float) -> tuple[float, float]:
         return 1.0, 0.25
     exponent = math.floor(math.log10(value))
     for step in (1, 2, 2.5, 5, 10):
-        tick = step * 10 ** exponent / 2
+        tick = step * 10**exponent / 2
         top = math.ceil(value / tick) * tick
         if top / tick <= 8:
             return top, tick
@@ -490,14 +596,20 @@ def chart(data: dict[str, Any]) -> str:
     """
     g = group(data)
     rts = runtimes(data)
-    servers = [s for s in STEP_NAMES + (PRODUCT,) + PROPOSALS + tuple(PEERS)
-               if any((rt, s, sc) in g for rt in rts for sc in ("P", "R"))]
+    servers = [
+        s
+        for s in STEP_NAMES + (PRODUCT,) + PROPOSALS + tuple(PEERS)
+        if any((rt, s, sc) in g for rt in rts for sc in ("P", "R"))
+    ]
     panels = [
         ("P pipelined: acks/s (higher is better)", "P", "acks_per_s"),
         ("P pipelined: server CPU µs per ack (lower is better)", "P", "server_cpu_us_per_ack"),
         ("R request/response: acks/s (higher is better)", "R", "acks_per_s"),
-        ("R request/response: server CPU µs per ack (lower is better)", "R",
-         "server_cpu_us_per_ack"),
+        (
+            "R request/response: server CPU µs per ack (lower is better)",
+            "R",
+            "server_cpu_us_per_ack",
+        ),
     ]
     width, panelHeight, left, top = 960, 250, 70, 60
     plotWidth = width - left - 20
@@ -510,15 +622,19 @@ def chart(data: dict[str, Any]) -> str:
         'font-weight="bold">tcpdemo: the steps of BENCHMARKS.md and the asyncio peers</text>',
     ]
     meta = data.get("meta", {})
-    out.append(f'<text x="{width / 2}" y="40" text-anchor="middle" fill="#555">'
-               f'{html.escape(str(meta.get("date", "")))}, commit '
-               f'{html.escape(str(meta.get("commit", "")))}; median of '
-               f'{meta.get("rounds", "?")} rounds, whiskers min–max; shared 2-core machine'
-               '</text>')
+    out.append(
+        f'<text x="{width / 2}" y="40" text-anchor="middle" fill="#555">'
+        f"{html.escape(str(meta.get('date', '')))}, commit "
+        f"{html.escape(str(meta.get('commit', '')))}; median of "
+        f"{meta.get('rounds', '?')} rounds, whiskers min–max; shared 2-core machine"
+        "</text>"
+    )
     for i, rt in enumerate(rts):
         x = width - 230 + i * 110
-        out.append(f'<rect x="{x}" y="48" width="12" height="12" fill="{COLOURS.get(rt, "#888")}"/>'
-                   f'<text x="{x + 16}" y="58">{RUNTIME_TITLES.get(rt, rt)} server</text>')
+        out.append(
+            f'<rect x="{x}" y="48" width="12" height="12" fill="{COLOURS.get(rt, "#888")}"/>'
+            f'<text x="{x + 16}" y="58">{RUNTIME_TITLES.get(rt, rt)} server</text>'
+        )
     for p, (title, sc, field) in enumerate(panels):
         y0 = top + p * (panelHeight + 70) + 20
         stats = {(rt, s): stat(g, (rt, s, sc), field) for rt in rts for s in servers}
@@ -529,13 +645,15 @@ def chart(data: dict[str, Any]) -> str:
         t = 0.0
         while t <= axisMax + 1e-9:
             y = y0 + panelHeight - panelHeight * t / axisMax
-            out.append(f'<line x1="{left}" x2="{left + plotWidth}" y1="{y:.1f}" y2="{y:.1f}" '
-                       'stroke="#ddd"/>')
-            out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
-                       f'{_label(t)}</text>')
+            out.append(
+                f'<line x1="{left}" x2="{left + plotWidth}" y1="{y:.1f}" y2="{y:.1f}" '
+                'stroke="#ddd"/>'
+            )
+            out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_label(t)}</text>')
             t += tick
-        out.append(f'<line x1="{left}" x2="{left}" y1="{y0}" y2="{y0 + panelHeight}" '
-                   'stroke="#333"/>')
+        out.append(
+            f'<line x1="{left}" x2="{left}" y1="{y0}" y2="{y0 + panelHeight}" stroke="#333"/>'
+        )
         groupWidth = plotWidth / max(1, len(servers))
         barWidth = groupWidth * 0.7 / max(1, len(rts))
         for j, server in enumerate(servers):
@@ -547,21 +665,29 @@ def chart(data: dict[str, Any]) -> str:
                 x = gx + k * barWidth
                 h = panelHeight * st.median / axisMax
                 yb = y0 + panelHeight - h
-                out.append(f'<rect x="{x:.1f}" y="{yb:.1f}" width="{barWidth - 2:.1f}" '
-                           f'height="{h:.1f}" fill="{COLOURS.get(rt, "#888")}"/>')
+                out.append(
+                    f'<rect x="{x:.1f}" y="{yb:.1f}" width="{barWidth - 2:.1f}" '
+                    f'height="{h:.1f}" fill="{COLOURS.get(rt, "#888")}"/>'
+                )
                 cx = x + (barWidth - 2) / 2
                 ylo = y0 + panelHeight - panelHeight * st.low / axisMax
                 yhi = y0 + panelHeight - panelHeight * st.high / axisMax
-                out.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{ylo:.1f}" y2="{yhi:.1f}" '
-                           'stroke="#222"/>')
+                out.append(
+                    f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{ylo:.1f}" y2="{yhi:.1f}" '
+                    'stroke="#222"/>'
+                )
                 fmt = ".2f" if field.startswith("server_cpu") else ",.0f"
                 value = format(st.median, fmt)
                 if not field.startswith("server_cpu"):
                     value = _label(st.median)
-                out.append(f'<text x="{cx:.1f}" y="{min(yb, yhi) - 3:.1f}" text-anchor="middle" '
-                           f'font-size="10">{value}</text>')
-            out.append(f'<text x="{gx + groupWidth * 0.35:.1f}" y="{y0 + panelHeight + 16}" '
-                       f'text-anchor="middle">{html.escape(SHORT[server])}</text>')
+                out.append(
+                    f'<text x="{cx:.1f}" y="{min(yb, yhi) - 3:.1f}" text-anchor="middle" '
+                    f'font-size="10">{value}</text>'
+                )
+            out.append(
+                f'<text x="{gx + groupWidth * 0.35:.1f}" y="{y0 + panelHeight + 16}" '
+                f'text-anchor="middle">{html.escape(SHORT[server])}</text>'
+            )
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

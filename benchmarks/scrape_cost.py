@@ -90,12 +90,25 @@ def loadClient(python: str, port: int, seconds: float) -> dict[str, Any]:
     The load client's JSON report for one run against C{port}.
     """
     command = [
-        python, "-m", "tcpdemo.client", "--port", f"tcp:{LOOPBACK}:{port}",
-        "--connections", "50", "--window", "1000", "--duration", f"{seconds:g}",
-        "--json", "--quiet",
+        python,
+        "-m",
+        "tcpdemo.client",
+        "--port",
+        f"tcp:{LOOPBACK}:{port}",
+        "--connections",
+        "50",
+        "--window",
+        "1000",
+        "--duration",
+        f"{seconds:g}",
+        "--json",
+        "--quiet",
     ]
     done = subprocess.run(
-        command, env=subprocessEnv(), stdin=subprocess.DEVNULL, capture_output=True,
+        command,
+        env=subprocessEnv(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
         timeout=seconds + 120,
     )
     if done.returncode != 0:
@@ -115,8 +128,13 @@ def run(server: TwistdServer, python: str, seconds: float, scrapers: int) -> dic
         processes.append(
             subprocess.Popen(
                 [
-                    sys.executable, "-c", SCRAPER, LOOPBACK, str(server.metricsPort),
-                    str(share), str(seconds + 1),
+                    sys.executable,
+                    "-c",
+                    SCRAPER,
+                    LOOPBACK,
+                    str(server.metricsPort),
+                    str(share),
+                    str(seconds + 1),
                 ],
                 stdout=subprocess.PIPE,
                 env=subprocessEnv(),

@@ -51,11 +51,20 @@ HANDLERS: dict[str, str] = {"sqlite": "sqlite:{store}"}
 #: product without its compiled accelerator (issue 17; TCPDEMO_NO_ACCEL),
 #: to measure the accelerator against the pure-Python reference.
 PRODUCT_ENVS: dict[str, dict[str, str]] = {"final-pure": {"TCPDEMO_NO_ACCEL": "1"}}
-ALL_SERVERS = (STEP_NAMES + (PRODUCT,) + tuple(PEERS) + PROPOSALS + tuple(WORKERS)
-               + tuple(HANDLERS) + tuple(PRODUCT_ENVS))
+ALL_SERVERS = (
+    STEP_NAMES
+    + (PRODUCT,)
+    + tuple(PEERS)
+    + PROPOSALS
+    + tuple(WORKERS)
+    + tuple(HANDLERS)
+    + tuple(PRODUCT_ENVS)
+)
 
-_LISTENING = re.compile(r"(tcpdemo server|tcpdemo metrics \(/metrics\)|tcpdemo debug \(/debug/\)) "
-                        r"listening on tcp:[\d.]+:(\d+)")
+_LISTENING = re.compile(
+    r"(tcpdemo server|tcpdemo metrics \(/metrics\)|tcpdemo debug \(/debug/\)) "
+    r"listening on tcp:[\d.]+:(\d+)"
+)
 _WORKER_ACCEPTING = re.compile(r"worker \d+: tcpdemo worker accepting on")
 _PEER_LISTENING = re.compile(r"^listening on [\d.]+:(\d+)", re.M)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -75,8 +84,11 @@ def twistdCommand(python: str) -> list[str]:
     script = Path(python).parent / "twistd"
     if script.exists():
         return [str(script)]
-    return [python, "-c", "import sys; from twisted.scripts.twistd import run; "
-            "sys.argv[0] = 'twistd'; run()"]
+    return [
+        python,
+        "-c",
+        "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()",
+    ]
 
 
 def pinned(command: list[str], cpu: int | None) -> list[str]:
@@ -295,8 +307,7 @@ class Server:
         """
         The text table of C{/debug/profile} over the next C{seconds}.
         """
-        url = (f"http://{LOOPBACK}:{self.debugPort}/debug/profile"
-               f"?seconds={seconds:g}&format=text")
+        url = f"http://{LOOPBACK}:{self.debugPort}/debug/profile?seconds={seconds:g}&format=text"
         with urllib.request.urlopen(url, timeout=seconds + 60) as response:
             return str(response.read().decode())
 
@@ -391,13 +402,21 @@ def clientCommand(
     rate: float | None = None,
 ) -> list[str]:
     command = [
-        python, "-m", "tcpdemo.client",
-        "--port", f"tcp:{LOOPBACK}:{port}",
-        "--connections", str(connections),
-        "--duration", f"{duration:g}",
-        "--connect-timeout", "60",
-        "--drain-timeout", "30",
-        "--json", "--quiet",
+        python,
+        "-m",
+        "tcpdemo.client",
+        "--port",
+        f"tcp:{LOOPBACK}:{port}",
+        "--connections",
+        str(connections),
+        "--duration",
+        f"{duration:g}",
+        "--connect-timeout",
+        "60",
+        "--drain-timeout",
+        "30",
+        "--json",
+        "--quiet",
     ]
     if payloadSize is not None:
         command += ["--payload-size", str(payloadSize)]
@@ -453,10 +472,16 @@ class Client:
 
 def interpreterVersion(python: str) -> str:
     return subprocess.run(
-        [python, "-c", "import platform, sys; "
-         "print(platform.python_implementation(), platform.python_version(), "
-         "sys.version.split('[')[-1].rstrip(']') if 'PyPy' in sys.version else '')"],
-        check=True, capture_output=True, text=True,
+        [
+            python,
+            "-c",
+            "import platform, sys; "
+            "print(platform.python_implementation(), platform.python_version(), "
+            "sys.version.split('[')[-1].rstrip(']') if 'PyPy' in sys.version else '')",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
 
 

@@ -19,25 +19,32 @@ def _h(text: str) -> bytes:
 
 
 #: What the client writes, one element per write.
-WRITES: list[bytes] = [
-    # docs/protocol.md: Submit id "00000001", payload "hello".
-    _h("00000012 02 3030303030303031 68656c6c6f"),
-    # Empty payload, id "00000002".
-    _h("0000000d 02 3030303030303032"),
-    # Two Submits in one write, ids 3 and 4.
-    _h("0000000e 02 3030303030303033 61  0000000f 02 3030303030303034 6262"),
-] + [
-    # id 5, one byte per write.
-    bytes((b,)) for b in _h("00000011 02 3030303030303035 7a7a7a7a")
-] + [
-    # Conn (empty body), then id 6 and an unknown command 0x07 in one write.
-    _h("00000005 01") + _h("0000000d 02 3030303030303036") + _h("00000006 07 00"),
-]
+WRITES: list[bytes] = (
+    [
+        # docs/protocol.md: Submit id "00000001", payload "hello".
+        _h("00000012 02 3030303030303031 68656c6c6f"),
+        # Empty payload, id "00000002".
+        _h("0000000d 02 3030303030303032"),
+        # Two Submits in one write, ids 3 and 4.
+        _h("0000000e 02 3030303030303033 61  0000000f 02 3030303030303034 6262"),
+    ]
+    + [
+        # id 5, one byte per write.
+        bytes((b,))
+        for b in _h("00000011 02 3030303030303035 7a7a7a7a")
+    ]
+    + [
+        # Conn (empty body), then id 6 and an unknown command 0x07 in one write.
+        _h("00000005 01") + _h("0000000d 02 3030303030303036") + _h("00000006 07 00"),
+    ]
+)
 
 #: What the server must answer, then close.
-EXPECTED: bytes = b"".join(
-    _h("0000000e 81") + f"{n:08d}".encode() + b"\x00" for n in range(1, 6)
-) + _h("00000006 80 00") + _h("0000000e 81 3030303030303036 00")
+EXPECTED: bytes = (
+    b"".join(_h("0000000e 81") + f"{n:08d}".encode() + b"\x00" for n in range(1, 6))
+    + _h("00000006 80 00")
+    + _h("0000000e 81 3030303030303036 00")
+)
 
 
 def check(server: Server, timeout: float = 10.0) -> None:
@@ -71,6 +78,4 @@ def check(server: Server, timeout: float = 10.0) -> None:
         else:
             raise BenchError(f"{server.kind}: connection not closed after an unknown command")
     if received != EXPECTED:
-        raise BenchError(
-            f"{server.kind}: answered {received.hex()} instead of {EXPECTED.hex()}"
-        )
+        raise BenchError(f"{server.kind}: answered {received.hex()} instead of {EXPECTED.hex()}")

@@ -44,9 +44,7 @@ class HostileFiguresTests(ServerTestCase):
         report("hostile figures", **figures)
         partial = figures["partial"]
         self.assertLessEqual(partial["rss_peak_growth_mib"], MIB_LIMIT, partial)
-        self.assertLessEqual(
-            partial["clean_batch_while_trickling"]["p50_ms"], TRICKLE_MS, partial
-        )
+        self.assertLessEqual(partial["clean_batch_while_trickling"]["p50_ms"], TRICKLE_MS, partial)
         # Memory comes back: 2 MiB measured, 16 allowed for allocator noise.
         self.assertLessEqual(partial["rss_10s_after_leaving_growth_mib"], 16, partial)
         flood = figures["connflood"]

@@ -179,9 +179,7 @@ class JetStreamTwistdTests(SynchronousTestCase):
         waitFor(lambda: len(load.results) > 2000, timeout=30, what="acks before the kill")
         leader.kill()
         killedAt = len(load.results)
-        waitFor(
-            lambda: len(load.results) > killedAt + 5000, timeout=60, what="acks after the kill"
-        )
+        waitFor(lambda: len(load.results) > killedAt + 5000, timeout=60, what="acks after the kill")
         load.finish()
 
         results = set(load.results.values())
@@ -353,8 +351,7 @@ class JetStreamTwistdTests(SynchronousTestCase):
             except OSError:
                 return False
             return all(
-                f'haproxy_server_status{{proxy="tcpdemo",server="tcpdemo{n}",state="UP"}} 1'
-                in text
+                f'haproxy_server_status{{proxy="tcpdemo",server="tcpdemo{n}",state="UP"}} 1' in text
                 for n in (1, 2)
             )
 

@@ -85,17 +85,21 @@ class WorkerDeathTests(SynchronousTestCase):
                 slowest = max(slowest, self.answeredWithin(server, answered))
             if kill < KILLS:
                 waitFor(
-                    lambda kill=kill: len(
-                        [line for line in server.log().splitlines()
-                         if "worker 1: tcpdemo worker accepting" in line]
-                    ) == kill + 1,
+                    lambda kill=kill: (
+                        len(
+                            [
+                                line
+                                for line in server.log().splitlines()
+                                if "worker 1: tcpdemo worker accepting" in line
+                            ]
+                        )
+                        == kill + 1
+                    ),
                     timeout=60,
                     what="worker 1's replacement to accept",
                 )
         # The last backoff (4 s) has not run out yet: still no worker 1.
-        self.assertNotIn(
-            "worker 1 restarted", server.log().split("was killed by SIGKILL")[-1]
-        )
+        self.assertNotIn("worker 1 restarted", server.log().split("was killed by SIGKILL")[-1])
         # Every connection was served, by worker 2 while worker 1 was dead,
         # and counted: the live worker loses no count.
         waitFor(
@@ -111,10 +115,16 @@ class WorkerDeathTests(SynchronousTestCase):
         # The replacement gets a fresh socket and takes its share again.
         waitForWorkers(server, 2)
         waitFor(
-            lambda: len(
-                [line for line in server.log().splitlines()
-                 if "worker 1: tcpdemo worker accepting" in line]
-            ) == KILLS + 1,
+            lambda: (
+                len(
+                    [
+                        line
+                        for line in server.log().splitlines()
+                        if "worker 1: tcpdemo worker accepting" in line
+                    ]
+                )
+                == KILLS + 1
+            ),
             timeout=60,
             what="the last replacement to accept",
         )

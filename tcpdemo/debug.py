@@ -328,9 +328,7 @@ class ProfileResource(_DebugResource):
         seconds = _seconds(request)
         form = _argument(request, "format") or "pstats"
         if form not in PROFILE_FORMATS:
-            raise _BadRequest(
-                f"format={form[:40]!r} is unknown: give {', '.join(PROFILE_FORMATS)}"
-            )
+            raise _BadRequest(f"format={form[:40]!r} is unknown: give {', '.join(PROFILE_FORMATS)}")
         # Refused before the window rather than after it: 501, say what to install.
         lacking = profilegraph.missing(form, self.dot)
         if lacking is not None:
@@ -359,13 +357,13 @@ class ProfileResource(_DebugResource):
                 source = profilegraph.callGraphDot(profiler, graphTitle(seconds, started))
                 taken()
                 if form == "dot":
-                    return 200, {b"content-type": b"text/vnd.graphviz; charset=utf-8"}, (
-                        source.encode("utf-8")
+                    return (
+                        200,
+                        {b"content-type": b"text/vnd.graphviz; charset=utf-8"},
+                        (source.encode("utf-8")),
                     )
                 d = profilegraph.renderSvg(self.reactor, source, self.dot)
-                return d.addCallback(
-                    lambda svg: (200, {b"content-type": b"image/svg+xml"}, svg)
-                )
+                return d.addCallback(lambda svg: (200, {b"content-type": b"image/svg+xml"}, svg))
             if form == "text":
                 body = profileTable(profiler, seconds).encode("utf-8")
                 headers = {b"content-type": b"text/plain; charset=utf-8"}

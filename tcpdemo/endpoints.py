@@ -173,8 +173,7 @@ def checkServerEndpoint(option: str, description: str) -> None:
     port = portArgument(description)
     if port is not None and not (port.isdigit() and int(port) <= 65535):
         raise usage.UsageError(
-            f"{shown}: port {port} is out of range: give a port from 1 to 65535 "
-            f"(0: any free port)"
+            f"{shown}: port {port} is out of range: give a port from 1 to 65535 (0: any free port)"
         )
 
 
@@ -252,9 +251,7 @@ class ListenerService(Service):
         if isinstance(outcome[0], Failure):
             raise cannotListen(self.option, self.description, outcome[0])
         self.port = outcome[0]
-        self.log.info(
-            "{what} listening on {address}", what=self.what, address=self.address()
-        )
+        self.log.info("{what} listening on {address}", what=self.what, address=self.address())
 
     def address(self) -> str:
         assert self.port is not None

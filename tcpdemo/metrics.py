@@ -66,7 +66,21 @@ PRECREATED_RESULTS = (0, 1, 2)
 #: Buckets of C{tcpdemo_handler_batch_seconds}: from a fast in-memory
 #: handler (well under a millisecond) to a store near --handler-timeout.
 HANDLER_BATCH_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
 )
 
 
@@ -124,6 +138,7 @@ class ServerMetrics:
 
         def bound(metric: _M) -> _M:
             return metric if worker is None else metric.labels(worker)
+
         protocol_errors = Counter(
             "tcpdemo_protocol_errors",
             "Connections closed for bad input, by reason.",

@@ -193,9 +193,7 @@ def decode(payload: bytes) -> Packet:
         raise MalformedPacket("empty packet: no command id")
     cls = COMMANDS.get(payload[0])
     if cls is None:
-        raise UnknownCommand(
-            f"unknown command id 0x{payload[0]:02x} in {abbreviate(payload)}"
-        )
+        raise UnknownCommand(f"unknown command id 0x{payload[0]:02x} in {abbreviate(payload)}")
     return cls.decode_body(payload[1:])
 
 

@@ -292,9 +292,7 @@ class HandlerRunner:
                 protocol.checkBounds()
 
     def overTotal(self) -> bool:
-        return (
-            self.waiting >= self.maxPendingTotal or self.waitingBytes >= self.maxPendingBytes
-        )
+        return self.waiting >= self.maxPendingTotal or self.waitingBytes >= self.maxPendingBytes
 
     # Shutdown
 
@@ -547,10 +545,7 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         if self._lost or self._closing or self._draining:
             return
         runner = self.factory.runner
-        if (
-            self._waiting >= runner.maxPending
-            or self._readyBytes > self.factory.writeBufferLimit
-        ):
+        if self._waiting >= runner.maxPending or self._readyBytes > self.factory.writeBufferLimit:
             self._hold()
         elif runner.overTotal():
             runner.heldForTotal[self] = None

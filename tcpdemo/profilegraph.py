@@ -91,10 +91,7 @@ def callGraphDot(stats: Any, title: str) -> str:
     writer.graph(profile, gprof2dot.TEMPERATURE_COLORMAP)
     source = out.getvalue()
     head, brace, rest = source.partition("{")
-    label = (
-        f'\n\tlabel="{_label(title)}"; labelloc=t; labeljust=l; '
-        "fontname=Arial; fontsize=12;"
-    )
+    label = f'\n\tlabel="{_label(title)}"; labelloc=t; labeljust=l; fontname=Arial; fontsize=12;'
     return head + brace + label + rest
 
 
@@ -128,8 +125,7 @@ class _Dot(ProcessProtocol):
         detail = self.err.getvalue().decode("utf-8", "replace").strip().splitlines()
         self.done.errback(
             RuntimeError(
-                f"dot failed ({reason.getErrorMessage()})"
-                + (f": {detail[-1]}" if detail else "")
+                f"dot failed ({reason.getErrorMessage()})" + (f": {detail[-1]}" if detail else "")
             )
         )
 

@@ -175,9 +175,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         # 256 KiB buffer per read costs PyPy several times the system call;
         # the transport compares it with its unsent bytes only inside
         # write(), so there it is the read size but while _write writes.
-        transport.bufferSize = (
-            self.readSize if self._sendsDirectly else factory.writeBufferLimit
-        )
+        transport.bufferSize = self.readSize if self._sendsDirectly else factory.writeBufferLimit
         if self._sendsDirectly and factory.readInto:
             installReadInto(cast(tcp.Connection, transport), factory.readBuffer)
         transport.registerProducer(self, True)
@@ -249,8 +247,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             if command in _SENT_BY_SERVERS:
                 # Refused for its direction, whatever its body looks like.
                 raise UnexpectedCommand(
-                    f"{command.__name__} is sent by servers, not to them: "
-                    + abbreviate(payload)
+                    f"{command.__name__} is sent by servers, not to them: " + abbreviate(payload)
                 )
             packet = decode(payload)
             if isinstance(packet, Submit):
@@ -360,11 +357,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         if not self._sendsDirectly:
             transport.write(data)
             return
-        if (
-            sendBufferEmpty(transport)
-            and transport.connected
-            and not transport.disconnecting
-        ):
+        if sendBufferEmpty(transport) and transport.connected and not transport.disconnecting:
             sent = transport.writeSomeData(data)
             if sent == len(data):
                 return

@@ -63,9 +63,7 @@ def _equalFrames(data: bytes, length: int, count: int) -> bool:
     return all(data[i:end:length] == data[i : i + 1] * count for i in range(_ID_START))
 
 
-def pureSubmitRunAcks(
-    data: bytes, maxLength: int, minRun: int = MIN_RUN
-) -> tuple[int, int, bytes]:
+def pureSubmitRunAcks(data: bytes, maxLength: int, minRun: int = MIN_RUN) -> tuple[int, int, bytes]:
     """
     The fastest path, for what load generators send: if C{data} starts with
     a run of C{minRun} (at least 1) or more complete, well-formed Submit
@@ -172,9 +170,7 @@ def _disabled() -> bool:
     """
     Whether the compiled versions must not be used here.
     """
-    return platform.python_implementation() != "CPython" or bool(
-        os.environ.get("TCPDEMO_NO_ACCEL")
-    )
+    return platform.python_implementation() != "CPython" or bool(os.environ.get("TCPDEMO_NO_ACCEL"))
 
 
 class _Acks(Protocol):

@@ -56,10 +56,7 @@ def _hint(error: BaseException | None) -> str:
     if number == errno.EADDRNOTAVAIL:
         return "no interface of this host has that address: give one it has, e.g. 127.0.0.1"
     if number == errno.EACCES:
-        return (
-            "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port of "
-            "1024 or more"
-        )
+        return "ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a port of 1024 or more"
     if number == errno.ENOENT:
         return "the socket's directory must exist"
     if isinstance(number, int) and number < 0:

@@ -395,9 +395,7 @@ class WorkerSupervisor(MultiService):
         )
         self.server.setServiceParent(self)
 
-        self.registry = workersRegistry(
-            lambda: self.metricsDirectory, lambda: self._pids, registry
-        )
+        self.registry = workersRegistry(lambda: self.metricsDirectory, lambda: self._pids, registry)
         self.restarts = Counter(
             "tcpdemo_worker_restarts",
             "Worker processes started again after one died (--workers).",
@@ -476,8 +474,9 @@ class WorkerSupervisor(MultiService):
                 childFDs={0: "w", 1: "r", 2: "r", WORKER_FD: fd},
             )
         except OSError as e:
-            self.log.error("worker {worker} could not be started: {error}", worker=worker.number,
-                           error=e)
+            self.log.error(
+                "worker {worker} could not be started: {error}", worker=worker.number, error=e
+            )
             worker.started = self.reactor.seconds()
             self._scheduleRestart(worker)
             return
@@ -602,8 +601,7 @@ class WorkerSupervisor(MultiService):
                     pass
         if waits:
             self.log.info(
-                "stopping {count} workers: each delivers its owed acks "
-                "within {grace}s",
+                "stopping {count} workers: each delivers its owed acks within {grace}s",
                 count=len(waits),
                 grace=self.gracePeriod,
             )
@@ -640,5 +638,3 @@ class WorkerSupervisor(MultiService):
             # As TcpDemoService: every worker delivered its owed acks, so
             # exit 0 rather than "killed by SIGTERM".
             clearExitSignal(self.reactor)
-
-

@@ -53,6 +53,7 @@ DEFAULT_METRICS = "tcp:8889"
 DEFAULT_BACKLOG = 4096
 DEFAULT_GRACE_PERIOD = 10.0
 
+
 def _frameLength(value: str) -> int:
     wanted = f"an integer from {MIN_FRAME_LENGTH} to {2**31 - 1}"
     try:
@@ -322,9 +323,7 @@ class Options(usage.Options):
                     f"workers share one listening socket), not {self['port']!r}"
                 )
             if self["debug"] is not None:
-                raise usage.UsageError(
-                    "--debug profiles one process: use it with --workers 1"
-                )
+                raise usage.UsageError("--debug profiles one process: use it with --workers 1")
 
 
 class TcpDemoService(MultiService):
@@ -466,9 +465,7 @@ class TcpDemoService(MultiService):
         drained = self.factory.drainAll()
         if runner is not None:
             # Batches of connections that closed meanwhile are waited for too.
-            drained = defer.gatherResults([drained, runner.whenIdle()]).addCallback(
-                lambda _: None
-            )
+            drained = defer.gatherResults([drained, runner.whenIdle()]).addCallback(lambda _: None)
         timedOut = []
 
         def tooSlow() -> None:

@@ -37,9 +37,7 @@ def splitDescription(description: str) -> tuple[list[str], dict[str, str]]:
     return endpoints._parse(description)  # type: ignore[no-any-return]
 
 
-def bindServerArguments(
-    kind: str, args: list[str], kw: dict[str, str]
-) -> inspect.BoundArguments:
+def bindServerArguments(kind: str, args: list[str], kw: dict[str, str]) -> inspect.BoundArguments:
     """
     Bind a C{tcp}, C{tcp6} or C{ssl} server endpoint's arguments (after the
     type) as Twisted's own parser for C{kind} does, defaults applied, so a

@@ -152,13 +152,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
     service.privilegedStartService()
     service.startService()
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", service.stopService
-    )
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.callWhenRunning(installSignals)
-    reactor.addReader(
-        ParentWatch(0, lambda: stop("the parent went away"))
-    )
+    reactor.addReader(ParentWatch(0, lambda: stop("the parent went away")))
     reactor.run()
     # The reactor put the default handlers back as it stopped: a SIGTERM
     # now (the parent's, after one sent to the whole process group) would

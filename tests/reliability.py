@@ -197,9 +197,7 @@ def waitForScrapesClosed(server: TwistdServer) -> None:
     """
 
     def held() -> list[tuple[str, int, str]]:
-        return [
-            s for s in tcpSockets(server.pid) if s[1] == server.metricsPort and s[2] != "0A"
-        ]
+        return [s for s in tcpSockets(server.pid) if s[1] == server.metricsPort and s[2] != "0A"]
 
     waitFor(lambda: not held(), what="the server to close the scrapes' connections")
 
@@ -716,5 +714,3 @@ class HostileMixin(ServerTestCase):
                     socks[k].close()
                 else:
                     resetClose(socks[k])
-
-

@@ -121,8 +121,7 @@ def subprocessEnv(extraPath: Sequence[str] = ()) -> dict[str, str]:
     """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        [REPO_ROOT, *extraPath]
-        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        [REPO_ROOT, *extraPath] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
     return env
 

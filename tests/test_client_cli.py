@@ -280,8 +280,21 @@ class CommandLineTests(LoadTestsMixin, unittest.TestCase):
         reactor.spawnProcess(
             process,
             sys.executable,
-            [sys.executable, "-c", script, "--port", endpoint, "-c", "2", "--duration", "60",
-             "--window", "10", "--progress-interval", "0.1"],
+            [
+                sys.executable,
+                "-c",
+                script,
+                "--port",
+                endpoint,
+                "-c",
+                "2",
+                "--duration",
+                "60",
+                "--window",
+                "10",
+                "--progress-interval",
+                "0.1",
+            ],
             env=subprocessEnv(),
             path=REPO_ROOT,
         )

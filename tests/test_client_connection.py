@@ -226,9 +226,7 @@ class RealServerTests(ClientTestsMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_cannotConnect(self) -> Any:
         free = freePort()
-        error = yield self.assertFailure(
-            connect(reactor, f"tcp:{LOCALHOST}:{free}"), ConnectFailed
-        )
+        error = yield self.assertFailure(connect(reactor, f"tcp:{LOCALHOST}:{free}"), ConnectFailed)
         self.assertIn("could not connect", str(error))
         yield self.assertFailure(connect(reactor, "foo:bar"), EndpointError)
         self.assertRaises(ValueError, connect, reactor, "tcp:127.0.0.1:1", window=0)
@@ -438,7 +436,6 @@ class WrongServerTests(ClientTestsMixin, unittest.TestCase):
         self.assertTrue(all(d.called for d in ds))
         self.assertEqual((yield defer.gatherResults(ds)), [0] * 5)
         yield self.waitClosed(factory)
-
 
     @defer.inlineCallbacks
     def test_closeTimeout(self) -> Any:

@@ -55,9 +55,7 @@ def loadedBy(statement: str) -> list[str]:
 
 
 def serverModules(modules: list[str]) -> list[str]:
-    return [
-        m for m in modules if any(m == s or m.startswith(s + ".") for s in SERVER_MODULES)
-    ]
+    return [m for m in modules if any(m == s or m.startswith(s + ".") for s in SERVER_MODULES)]
 
 
 class ImportIsolationTests(unittest.TestCase):

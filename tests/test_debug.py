@@ -490,8 +490,14 @@ class DebugSiteTests(HTTPTestCase):
         """
         base = self.listen(debugSite(reactor, dot="tcpdemo-test-no-such-dot"))
         response = await self.get(base + "/debug/profile?seconds=30&format=svg")
-        self.assertOneLine(response, 501, "format=svg", "tcpdemo-test-no-such-dot",
-                           "apt-get install graphviz", "format=dot")
+        self.assertOneLine(
+            response,
+            501,
+            "format=svg",
+            "tcpdemo-test-no-such-dot",
+            "apt-get install graphviz",
+            "format=dot",
+        )
         self.assertIn("now idle", (await self.get(base + "/debug/")).text)
         source = await self.get(base + "/debug/profile?seconds=0.1&format=dot")
         self.assertEqual(source.code, 200, source.body)
@@ -507,8 +513,9 @@ class DebugSiteTests(HTTPTestCase):
         base = self.listenSite()
         for form in ("svg", "dot"):
             response = await self.get(f"{base}/debug/profile?seconds=30&format={form}")
-            self.assertOneLine(response, 501, f"format={form}", "gprof2dot",
-                               "pip install 'tcpdemo[profile]'")
+            self.assertOneLine(
+                response, 501, f"format={form}", "gprof2dot", "pip install 'tcpdemo[profile]'"
+            )
         self.assertIn("now idle", (await self.get(base + "/debug/")).text)
         table = await self.get(base + "/debug/profile?seconds=0.1&format=text")
         self.assertEqual(table.code, 200, table.body)

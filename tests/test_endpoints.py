@@ -83,9 +83,7 @@ class PortAndArgumentsTests(unittest.TestCase):
     def test_checkServerEndpoint(self) -> None:
         checkServerEndpoint("--port", "tcp:0")
         checkServerEndpoint("--port", "unix:/tmp/x.sock")
-        error = self.assertRaises(
-            usage.UsageError, checkServerEndpoint, "--port", "tcp:65536"
-        )
+        error = self.assertRaises(usage.UsageError, checkServerEndpoint, "--port", "tcp:65536")
         self.assertIn("--port 'tcp:65536': port 65536 is out of range", str(error))
         error = self.assertRaises(usage.UsageError, checkServerEndpoint, "--metrics", "nope:1")
         self.assertIn("--metrics 'nope:1' is not a valid endpoint", str(error))
@@ -127,4 +125,3 @@ class ListenTCPReactorTests(unittest.TestCase):
             endpoint.listen(factory).addBoth(outcome.append)
             self.assertEqual(outcome, [sentinel])
         self.assertEqual(calls, [(0, 9, "127.0.0.1"), (0, 50, "::1")])
-

@@ -234,9 +234,7 @@ class TwistdTests(unittest.TestCase):
         """
         workdir = os.path.abspath(self.mktemp())
         os.makedirs(workdir)
-        server = TwistdServer(
-            workdir, ["--workers", "2", "--handler", f"sizelimit:{self.LIMIT}"]
-        )
+        server = TwistdServer(workdir, ["--workers", "2", "--handler", f"sizelimit:{self.LIMIT}"])
         self.addCleanup(server.kill)
         waitForWorkers(server, 2)
         payloads = [b"s" * 16, b"l" * 17, b"l" * 100]

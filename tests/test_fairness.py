@@ -217,5 +217,9 @@ class LogVolumeTests(ServerTestCase):
         self.assertEqual(match.group(2), f"bad_length {BAD_CONNECTIONS - 10}")
         self.assertEqual(errorCounts(server.scrape())["bad_length"], BAD_CONNECTIONS)
         self.assertHealthy(server)
-        report("error log volume", connections=BAD_CONNECTIONS, lines=len(lines),
-               seconds=round(time.monotonic() - started, 1))
+        report(
+            "error log volume",
+            connections=BAD_CONNECTIONS,
+            lines=len(lines),
+            seconds=round(time.monotonic() - started, 1),
+        )

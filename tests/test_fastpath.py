@@ -105,9 +105,7 @@ class ScanTests(SynchronousTestCase):
             (b"".join(ackFrame(i) for i in general.ids), general.consumed),
         )
 
-    @given(
-        st.lists(ids, min_size=MIN_RUN, max_size=50), st.integers(0, 40), st.binary(max_size=30)
-    )
+    @given(st.lists(ids, min_size=MIN_RUN, max_size=50), st.integers(0, 40), st.binary(max_size=30))
     def test_runOfEqualSubmits(self, idents: list[bytes], size: int, tail: bytes) -> None:
         """
         A run of MIN_RUN or more equal-sized Submits is answered in bulk,

@@ -224,9 +224,7 @@ class GracefulStopTests(ServerTestCase):
         grace period.
         """
         grace = 30.0
-        server = self.startServer(
-            "--grace-period", str(grace), "--write-buffer-limit", "16384"
-        )
+        server = self.startServer("--grace-period", str(grace), "--write-buffer-limit", "16384")
         # The holder keeps the drain going (its acks wait for it to read)
         # so that the final counters can be scraped before the exit.
         holder = server.connect()
@@ -252,9 +250,7 @@ class GracefulStopTests(ServerTestCase):
         # The server shut its side and waits (lingers) for ours.
         holder.close()
         holderCount = len(holderAcks) // 14
-        self.assertEqual(
-            holderAcks, b"".join(ackFrame(i % 200000) for i in range(holderCount))
-        )
+        self.assertEqual(holderAcks, b"".join(ackFrame(i % 200000) for i in range(holderCount)))
         status = server.process.wait(grace)
         elapsed = time.monotonic() - started
         result = load.stop()

@@ -253,9 +253,7 @@ class StreamTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
 
     @given(framed_streams(), st.integers(min_value=0, max_value=20))
-    def test_chunkedWithLeftover(
-        self, case: tuple[list[bytes], list[bytes]], keep: int
-    ) -> None:
+    def test_chunkedWithLeftover(self, case: tuple[list[bytes], list[bytes]], keep: int) -> None:
         """
         The start of a frame not yet complete stays buffered, and is not
         delivered.

@@ -35,9 +35,7 @@ from .support import (
 class HandlerTestCase(TestCase):
     def startService(self, handler: ISubmitHandler, *args: str) -> tap.TcpDemoService:
         options = tap.Options()
-        options.parseOptions(
-            ["--port", "tcp:0:interface=127.0.0.1", "--metrics", "none", *args]
-        )
+        options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--metrics", "none", *args])
         svc = tap.makeService(options, reactor, CollectorRegistry(), handler=handler)
         assert isinstance(svc, tap.TcpDemoService)
         svc.privilegedStartService()
@@ -100,9 +98,7 @@ class OrderTests(HandlerTestCase):
         self.assertEqual(self.sample(svc, "tcpdemo_req_recv_total"), 35)
         self.assertEqual(self.sample(svc, "tcpdemo_rsp_send_total"), 35)
         self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
-        self.assertEqual(
-            self.sample(svc, "tcpdemo_handler_batch_seconds_count"), len(batches)
-        )
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_batch_seconds_count"), len(batches))
 
     async def test_halfClose(self) -> None:
         """
@@ -292,9 +288,7 @@ class BoundTests(HandlerTestCase):
         Past --max-pending-total every connection that reads stops.
         """
         handler = ManualHandler()
-        svc = self.startService(
-            handler, "--max-pending", "1000000", "--max-pending-total", "50"
-        )
+        svc = self.startService(handler, "--max-pending", "1000000", "--max-pending-total", "50")
         first = await self.connect(svc)
         second = await self.connect(svc)
         count = 200_000
@@ -317,7 +311,6 @@ class BoundTests(HandlerTestCase):
             await sleep(0.005)
         self.assertEqual(first.data, ackFrames(range(count)))
         self.assertEqual(second.data, ackFrames(range(count)))
-
 
     async def test_perProcessBytes(self) -> None:
         """
@@ -431,9 +424,7 @@ class StartTests(SynchronousTestCase):
 
         options = tap.Options()
         options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--metrics", "none"])
-        svc = tap.makeService(
-            options, reactor, CollectorRegistry(), handler=FailingStartHandler()
-        )
+        svc = tap.makeService(options, reactor, CollectorRegistry(), handler=FailingStartHandler())
         error = self.assertRaises(SystemExit, svc.privilegedStartService)
         self.assertEqual(
             str(error),
@@ -460,17 +451,15 @@ class StartTests(SynchronousTestCase):
         )
         self.assertIn("--workers 1", str(error))
         self.assertRaises(UsageError, tap.Options().parseOptions, ["--max-pending", "0"])
-        self.assertRaises(
-            UsageError, tap.Options().parseOptions, ["--handler-timeout", "-1"]
-        )
+        self.assertRaises(UsageError, tap.Options().parseOptions, ["--handler-timeout", "-1"])
 
     def test_badArgument(self) -> None:
         options = tap.Options()
         options.parseOptions(["--handler", "ack:surplus"])
         error = self.assertRaises(SystemExit, tap.makeHandler, options, reactor)
         self.assertEqual(
-            str(error), "tcpdemo: --handler ack:surplus: the ack handler takes no argument, "
-            "not 'surplus'"
+            str(error),
+            "tcpdemo: --handler ack:surplus: the ack handler takes no argument, not 'surplus'",
         )
 
 

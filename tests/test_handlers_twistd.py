@@ -85,9 +85,19 @@ class HandlerTwistdTests(TestCase):
         os.makedirs(workdir)
         result = subprocess.run(
             twistdCommand()
-            + ["-n", "--pidfile=", "--logfile", os.path.join(workdir, "twistd.log"),
-               "tcpdemo", "--port", "tcp:0:interface=127.0.0.1", "--metrics", "none",
-               "--handler", "test-failstart"],
+            + [
+                "-n",
+                "--pidfile=",
+                "--logfile",
+                os.path.join(workdir, "twistd.log"),
+                "tcpdemo",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics",
+                "none",
+                "--handler",
+                "test-failstart",
+            ],
             cwd=workdir,
             env=subprocessEnv([pluginPath(os.path.join(workdir, "p"))]),
             stdin=subprocess.DEVNULL,
@@ -257,8 +267,15 @@ class SqliteTwistdTests(TestCase):
         os.makedirs(workdir)
         result = subprocess.run(
             twistdCommand()
-            + ["-n", "--pidfile=", "tcpdemo", "--workers", "2",
-               "--handler", f"sqlite:{os.path.join(workdir, 'x.db')}"],
+            + [
+                "-n",
+                "--pidfile=",
+                "tcpdemo",
+                "--workers",
+                "2",
+                "--handler",
+                f"sqlite:{os.path.join(workdir, 'x.db')}",
+            ],
             cwd=workdir,
             env=subprocessEnv(),
             stdin=subprocess.DEVNULL,

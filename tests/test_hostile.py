@@ -115,9 +115,7 @@ def connectionPlans(draw: st.DrawFn) -> Plan:
     stream = b"".join(draw(st.lists(items, max_size=10)))
     if stream and draw(st.booleans()):
         stream = stream[: draw(st.integers(0, len(stream) - 1))]
-    splits = draw(
-        st.one_of(st.just([]), st.lists(st.integers(1, 48), min_size=1, max_size=6))
-    )
+    splits = draw(st.one_of(st.just([]), st.lists(st.integers(1, 48), min_size=1, max_size=6)))
     ending = draw(st.sampled_from(["halfclose", "halfclose", "halfclose", "close", "reset"]))
     return stream, splits, ending
 
@@ -314,9 +312,7 @@ class SlowReaderTests(ServerTestCase):
             waitFor(stalled, timeout=60, what="the writer to stall")
             figures["stalled_after_bytes"] = written[0]
             self.assertLess(written[0], TOTAL_BYTES // 2, "the server took it all unread")
-            self.assertGreater(
-                metric(server.scrape(), "tcpdemo_backpressure_pauses_total"), 0
-            )
+            self.assertGreater(metric(server.scrape(), "tcpdemo_backpressure_pauses_total"), 0)
             figures["rss_stalled_peak"] = max(sampler.peak, server.rssBytes())
 
         # Read, while the writer goes on; check every ack as it comes.

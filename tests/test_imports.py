@@ -89,9 +89,7 @@ def importGraph() -> dict[str, set[str]]:
             tree = ast.parse(f.read(), path)
         isPackage = path.endswith("__init__.py")
         graph[module] = {
-            name
-            for name in _imports(tree, module, isPackage)
-            if name in modules and name != module
+            name for name in _imports(tree, module, isPackage) if name in modules and name != module
         }
     return graph
 

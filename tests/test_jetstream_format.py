@@ -45,7 +45,9 @@ class SpecTests(SynchronousTestCase):
         self.assertEqual(parseSpec("nats://a:1,nats://b:2").replicas, 1)
 
     def test_options(self) -> None:
-        spec = parseSpec("nats://a:1,nats://b:2,nats://c:3?stream=S1&subject=x.y&replicas=1&timeout=5")
+        spec = parseSpec(
+            "nats://a:1,nats://b:2,nats://c:3?stream=S1&subject=x.y&replicas=1&timeout=5"
+        )
         self.assertEqual(
             (spec.stream, spec.subject, spec.replicas, spec.timeout), ("S1", "x.y", 1, 5.0)
         )

@@ -285,9 +285,7 @@ class LiveStack:
     cleanups.
     """
 
-    def __init__(
-        self, testCase: unittest.TestCase, workdir: str, serverArgs: Sequence[str] = ()
-    ):
+    def __init__(self, testCase: unittest.TestCase, workdir: str, serverArgs: Sequence[str] = ()):
         self.testCase = testCase
         self.workdir = workdir
         prometheus = requireBinary(testCase, "prometheus")

@@ -95,9 +95,7 @@ class VectorTests(SynchronousTestCase):
         The command ids are those on the wire, not those in the reference's
         comments: ConnAck is 0x80 and SubmitAck 0x81.
         """
-        self.assertEqual(
-            COMMANDS, {0x01: Conn, 0x02: Submit, 0x80: ConnAck, 0x81: SubmitAck}
-        )
+        self.assertEqual(COMMANDS, {0x01: Conn, 0x02: Submit, 0x80: ConnAck, 0x81: SubmitAck})
         self.assertEqual(
             (packet.CONN, packet.SUBMIT, packet.CONN_ACK, packet.SUBMIT_ACK),
             (0x01, 0x02, 0x80, 0x81),

@@ -124,11 +124,11 @@ class AckTests(ProtocolTestCase):
         protocol.dataReceived(bytes.fromhex("0000000d023030303030303032"))
         self.assertEqual(transport.drain(), bytes.fromhex("0000000e81303030303030303200"))
         protocol.dataReceived(
-            bytes.fromhex("0000000e02303030303030303361" "0000000f0230303030303030346262")
+            bytes.fromhex("0000000e023030303030303033610000000f0230303030303030346262")
         )
         self.assertEqual(
             transport.drain(),
-            bytes.fromhex("0000000e81303030303030303300" "0000000e81303030303030303400"),
+            bytes.fromhex("0000000e813030303030303033000000000e81303030303030303400"),
         )
 
     def test_oneWritePerRead(self) -> None:

@@ -372,9 +372,7 @@ class WheelTests(SynchronousTestCase):
         names, output = self.buildWheel(None)
         extensions = [n for n in names if n.startswith("tcpdemo/_scan") and n.endswith(".so")]
         self.assertEqual(len(extensions), 1 if CPYTHON else 0, (names, output[-2000:]))
-        self.assertEqual(
-            self.importedFrom(self.installed), b"accelerated" if CPYTHON else b"pure"
-        )
+        self.assertEqual(self.importedFrom(self.installed), b"accelerated" if CPYTHON else b"pure")
 
     def test_withoutCompiler(self) -> None:
         """

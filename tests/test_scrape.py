@@ -130,7 +130,8 @@ class ScrapeTests(SynchronousTestCase):
         self.addCleanup(chunked.close)
         chunked.sendall(
             f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-            "10000\r\n".encode() + b"y" * 65536
+            "10000\r\n".encode()
+            + b"y" * 65536
         )
         self.assertTrue(readResponse(chunked).startswith(b"HTTP/1.1 413 "))
         self.assertLess(server.rssBytes() - baseline, 8 * 2**20)
@@ -164,8 +165,12 @@ class ScrapeTests(SynchronousTestCase):
         began = time.monotonic()
         scrapers = subprocess.Popen(
             [
-                sys.executable, "-c", SCRAPERS,
-                f"http://{LOOPBACK}:{server.metricsPort}/metrics", "50", str(seconds),
+                sys.executable,
+                "-c",
+                SCRAPERS,
+                f"http://{LOOPBACK}:{server.metricsPort}/metrics",
+                "50",
+                str(seconds),
             ],
             stdout=subprocess.PIPE,
         )

@@ -57,8 +57,8 @@ HELLO = bytes.fromhex("00000012023030303030303031") + b"hello"
 HELLO_ACK = bytes.fromhex("0000000e81303030303030303100")
 EMPTY = bytes.fromhex("0000000d023030303030303032")
 EMPTY_ACK = bytes.fromhex("0000000e81303030303030303200")
-TWO = bytes.fromhex("0000000e02303030303030303361" "0000000f0230303030303030346262")
-TWO_ACKS = bytes.fromhex("0000000e81303030303030303300" "0000000e81303030303030303400")
+TWO = bytes.fromhex("0000000e023030303030303033610000000f0230303030303030346262")
+TWO_ACKS = bytes.fromhex("0000000e813030303030303033000000000e81303030303030303400")
 VECTORS = HELLO + EMPTY + TWO
 VECTOR_ACKS = HELLO_ACK + EMPTY_ACK + TWO_ACKS
 
@@ -187,9 +187,7 @@ class DebugEndpointTests(ServerTestCase):
         self.assertIn((LOOPBACK, port), listening)
         self.assertEqual({host for host, _ in listening}, {LOOPBACK})
         with self.assertRaises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(
-                f"http://{LOOPBACK}:{port}/debug/profile?seconds=-1", timeout=10
-            )
+            urllib.request.urlopen(f"http://{LOOPBACK}:{port}/debug/profile?seconds=-1", timeout=10)
         self.assertEqual(caught.exception.code, 400)
         self.assertHealthy(server)
 
@@ -272,9 +270,7 @@ class TLSTests(ServerTestCase):
         sock.sendall(VECTORS)
         self.assertEqual(recvExactly(sock, len(VECTOR_ACKS)), VECTOR_ACKS)
         sock.sendall(b"".join(submitFrame(i, b"tls") for i in range(1000)))
-        self.assertEqual(
-            recvExactly(sock, 14 * 1000), b"".join(ackFrame(i) for i in range(1000))
-        )
+        self.assertEqual(recvExactly(sock, 14 * 1000), b"".join(ackFrame(i) for i in range(1000)))
 
         bad = self.tlsConnect(port, cert)
         bad.sendall(submitFrame(7) + lengthField(3))

@@ -119,8 +119,14 @@ class StartFailureTests(TestCase):
         options = tap.Options()
         path = os.path.join(os.path.abspath(self.mktemp()), "missing-dir", "s.db")
         options.parseOptions(
-            ["--port", "tcp:0:interface=127.0.0.1", "--metrics", "none",
-             "--handler", f"sqlite:{path}"]
+            [
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--metrics",
+                "none",
+                "--handler",
+                f"sqlite:{path}",
+            ]
         )
         svc = tap.makeService(options, reactor, CollectorRegistry())
         error = self.assertRaises(SystemExit, svc.privilegedStartService)

@@ -165,15 +165,21 @@ class StartupErrorTests(SynchronousTestCase):
                 ["--workers", "2", "--metrics", endpoint],
             ):
                 line = self.assertOneLine(
-                    args, args[-2], f"127.0.0.1:{port}", "address already in use",
-                    "choose another port", early=False,
+                    args,
+                    args[-2],
+                    f"127.0.0.1:{port}",
+                    "address already in use",
+                    "choose another port",
+                    early=False,
                 )
                 self.assertNotIn("backlog", line)
         self.assertOneLine(
             ["--port", "tcp:0:interface=192.0.2.1"], "--port", "192.0.2.1", "no interface"
         )
         self.assertOneLine(
-            ["--metrics", "unix:/nonexistent/tcpdemo/metrics.sock"], "--metrics", "directory",
+            ["--metrics", "unix:/nonexistent/tcpdemo/metrics.sock"],
+            "--metrics",
+            "directory",
             early=False,
         )
 

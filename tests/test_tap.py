@@ -63,8 +63,15 @@ class OptionsTests(SynchronousTestCase):
     def test_helpDocumentsEveryOption(self) -> None:
         text = str(tap.Options())
         for name in (
-            "--port", "--metrics", "--debug", "--max-frame-length", "--max-connections",
-            "--idle-timeout", "--write-buffer-limit", "--backlog", "--grace-period",
+            "--port",
+            "--metrics",
+            "--debug",
+            "--max-frame-length",
+            "--max-connections",
+            "--idle-timeout",
+            "--write-buffer-limit",
+            "--backlog",
+            "--grace-period",
             "--auth-token-file",
         ):
             self.assertIn(name, text)
@@ -78,8 +85,9 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(endpoints.withBacklog("tcp:8888", 4096), "tcp:8888:backlog=4096")
         self.assertEqual(endpoints.withBacklog("unix:/tmp/s", 10), "unix:/tmp/s:backlog=10")
         self.assertEqual(endpoints.withBacklog("tcp:1:backlog=5", 4096), "tcp:1:backlog=5")
-        self.assertEqual(endpoints.withBacklog("systemd:domain=INET:index=0", 5),
-                         "systemd:domain=INET:index=0")
+        self.assertEqual(
+            endpoints.withBacklog("systemd:domain=INET:index=0", 5), "systemd:domain=INET:index=0"
+        )
 
 
 class PluginTests(SynchronousTestCase):
@@ -93,8 +101,7 @@ class ServiceTests(TestCase):
     def startService(self, *args: str) -> tap.TcpDemoService:
         options = tap.Options()
         options.parseOptions(
-            ["--port", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1",
-             *args]
+            ["--port", "tcp:0:interface=127.0.0.1", "--metrics", "tcp:0:interface=127.0.0.1", *args]
         )
         svc = tap.makeService(options, reactor, CollectorRegistry())
         assert isinstance(svc, tap.TcpDemoService)
@@ -125,9 +132,7 @@ class ServiceTests(TestCase):
         )
         self.assertEqual(response.code, 200)
         body = (await readBody(response)).decode()
-        samples = {
-            s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples
-        }
+        samples = {s.name: s.value for f in text_string_to_metric_families(body) for s in f.samples}
         self.assertEqual(samples["tcpdemo_req_recv_total"], 1000)
         self.assertEqual(samples["tcpdemo_client_connected"], 1)
 
@@ -182,5 +187,3 @@ class FileLimitTests(SynchronousTestCase):
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
         self.assertEqual(limits.raiseFileLimit(), hard)
         self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
-
-

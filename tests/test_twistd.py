@@ -52,10 +52,10 @@ class TwistdTests(SynchronousTestCase):
         good = server.connect()
         good.sendall(bytes.fromhex("00000012023030303030303031") + b"hello")
         self.assertEqual(recvExactly(good, 14), bytes.fromhex("0000000e81303030303030303100"))
-        good.sendall(bytes.fromhex("0000000e02303030303030303361" "0000000f0230303030303030346262"))
+        good.sendall(bytes.fromhex("0000000e023030303030303033610000000f0230303030303030346262"))
         self.assertEqual(
             recvExactly(good, 28),
-            bytes.fromhex("0000000e81303030303030303300" "0000000e81303030303030303400"),
+            bytes.fromhex("0000000e813030303030303033000000000e81303030303030303400"),
         )
 
         pipelined = b"".join(submitFrame(i, b"load-%d" % i) for i in range(5, 10005))

@@ -90,9 +90,22 @@ class OptionsTests(SynchronousTestCase):
         with open(token, "wb") as f:
             f.write(b"secret\n")
         options = parse(
-            "--workers", "4", "--max-connections", "7", "--idle-timeout", "2.5",
-            "--write-buffer-limit", "1000", "--grace-period", "3", "--max-frame-length", "99",
-            "--auth-token-file", os.path.relpath(token), "--metrics", "none",
+            "--workers",
+            "4",
+            "--max-connections",
+            "7",
+            "--idle-timeout",
+            "2.5",
+            "--write-buffer-limit",
+            "1000",
+            "--grace-period",
+            "3",
+            "--max-frame-length",
+            "99",
+            "--auth-token-file",
+            os.path.relpath(token),
+            "--metrics",
+            "none",
         )
         arguments = workerArguments(options)
         for name in ("port", "metrics", "debug", "workers", "worker-sockets"):
@@ -100,8 +113,13 @@ class OptionsTests(SynchronousTestCase):
         worker = WorkerOptions()
         worker.parseOptions(["--fd=3", "--family=INET6", "--worker-id=2", *arguments])
         for name in (
-            "max-connections", "idle-timeout", "write-buffer-limit", "grace-period",
-            "max-frame-length", "backlog", "auth-token",
+            "max-connections",
+            "idle-timeout",
+            "write-buffer-limit",
+            "grace-period",
+            "max-frame-length",
+            "backlog",
+            "auth-token",
         ):
             self.assertEqual(worker[name], options[name], name)
         self.assertEqual(worker["auth-token-file"], token)

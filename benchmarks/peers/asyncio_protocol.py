@@ -92,9 +92,7 @@ def main() -> None:
 
     def start(loop: asyncio.AbstractEventLoop) -> asyncio.Future[asyncio.AbstractServer]:
         return asyncio.ensure_future(
-            loop.create_server(
-                TcpDemoProtocol, options.host, options.port, backlog=options.backlog
-            )
+            loop.create_server(TcpDemoProtocol, options.host, options.port, backlog=options.backlog)
         )
 
     serve(start)

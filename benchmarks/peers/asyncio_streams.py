@@ -50,9 +50,7 @@ def main() -> None:
 
     def start(loop: asyncio.AbstractEventLoop) -> asyncio.Future[asyncio.AbstractServer]:
         return asyncio.ensure_future(
-            asyncio.start_server(
-                handle, options.host, options.port, backlog=options.backlog
-            )
+            asyncio.start_server(handle, options.host, options.port, backlog=options.backlog)
         )
 
     serve(start)

@@ -137,9 +137,11 @@ def _tlsEndpoint(
     client = _clientCertificate(certificate, privateKey)
     options: Any
     if verify:
-        root = loadTrustRoot(trustRoot if trustRoot is not None else caDir) if (
-            trustRoot is not None or caDir is not None
-        ) else None
+        root = (
+            loadTrustRoot(trustRoot if trustRoot is not None else caDir)
+            if (trustRoot is not None or caDir is not None)
+            else None
+        )
         options = ssl.optionsForClientTLS(hostname, trustRoot=root, clientCertificate=client)
     else:
         # Encrypted, but anyone in the middle can present any certificate.

@@ -72,6 +72,7 @@ _WORDS = (
     ("anchor", "beacon", "canyon", "delta", "ember", "fjord", "glacier", "harbor"),
 )
 
+
 def codenames(count: int, rng: random.Random) -> list[bytes]:
     """
     Random four-part codenames of 15 to 30 ASCII bytes, like the payloads
@@ -251,9 +252,7 @@ class LoadProtocol(Protocol):
             if result is None:
                 self._handshakeBuffer = buffer
                 return
-            why = (
-                f"ConnAck result {result}: the server refused the Conn (check --token-file)"
-            )
+            why = f"ConnAck result {result}: the server refused the Conn (check --token-file)"
         self._handshakeBuffer = b""
         handshake, self.handshake = self.handshake, None
         assert handshake is not None
@@ -641,8 +640,9 @@ class LoadRun:
         if share:
             for i, protocol in enumerate(senders):
                 position = (i - start) % size
-                protocol.send(share + (1 if position < extra else 0),
-                              origin + position / rate, step)
+                protocol.send(
+                    share + (1 if position < extra else 0), origin + position / rate, step
+                )
         else:
             for position in range(extra):
                 senders[(start + position) % size].send(1, origin + position / rate)

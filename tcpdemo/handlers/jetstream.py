@@ -385,9 +385,7 @@ class JetStreamHandler:
         def stored(sequence: int) -> Results:
             return allOk
 
-        return self._thread.run(self._connection.publish, batch.frames, headers).addCallback(
-            stored
-        )
+        return self._thread.run(self._connection.publish, batch.frames, headers).addCallback(stored)
 
     def stopHandler(self) -> Deferred[None]:
         if not self._thread.running:
