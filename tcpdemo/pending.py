@@ -402,35 +402,15 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         else:
             TcpDemoServerProtocol.connectionLost(self, reason)
 
-    # Receiving: as the parent (keep the two in step), but Submits are kept
-    # whole for the batch instead of being answered at once.
+    # Receiving: the parent's read path, but Submits are kept whole for the
+    # batch instead of being answered at once.
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        if data:
-            self.factory.tally.bytesReceived += len(data)
-            if self.timeOut is not None:
-                self.resetTimeout()
-        if self._gathered is not None:
-            # A long partial frame: add to it, and deliver it if complete.
-            rest = self.gather(data)
-            if rest is None:
-                self.endOfRead()
-                return
-            data = rest
-            if self._isClosing():
-                self.endOfRead()
-                return
-        if self._authenticated and not self.paused:
-            alldata = self.takeUnprocessed(data)
-            offset = scanSubmits(alldata, self.MAX_LENGTH, self._ids)
-            if offset:
-                self._frames.append(alldata[:offset])
-                data = alldata[offset:]
-            else:
-                data = alldata
-        FrameReceiver.dataReceived(self, data)
+    def takeSubmits(self, data: bytes) -> bytes:
+        offset = scanSubmits(data, self.MAX_LENGTH, self._ids)
+        if not offset:
+            return data
+        self._frames.append(data[:offset])
+        return data[offset:]
 
     def stringReceived(self, string: bytes) -> None:
         if string[0] == SUBMIT and len(string) > ID_SIZE and self._authenticated:

@@ -222,14 +222,21 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         if self._authenticated and not self.paused:
             # Take the plain Submits off the front in bulk; the frame layer
             # parses whatever is left (a partial frame, anything else).
-            alldata = self.takeUnprocessed(data)
-            end, count, acks = submitAcks(alldata, self.MAX_LENGTH, 0, self.minRun)
-            if count:
-                self._moveIdsToOut()
-                self._out.append(acks)
-                self._answered += count
-            data = alldata[end:] if end else alldata
+            data = self.takeSubmits(self.takeUnprocessed(data))
         FrameReceiver.dataReceived(self, data)
+
+    def takeSubmits(self, data: bytes) -> bytes:
+        """
+        Answer the well-formed Submits at the front of C{data} in bulk, and
+        return the rest for the frame layer.  The handler path
+        (L{tcpdemo.pending}) keeps them for its handler instead.
+        """
+        end, count, acks = submitAcks(data, self.MAX_LENGTH, 0, self.minRun)
+        if count:
+            self._moveIdsToOut()
+            self._out.append(acks)
+            self._answered += count
+        return data[end:] if end else data
 
     def stringReceived(self, string: bytes) -> None:
         # The fast path: an authenticated, well-formed Submit is just its id.
