@@ -45,7 +45,9 @@ class HostileFiguresTests(ServerTestCase):
         partial = figures["partial"]
         self.assertLessEqual(partial["rss_peak_growth_mib"], MIB_LIMIT, partial)
         self.assertLessEqual(partial["clean_batch_while_trickling"]["p50_ms"], TRICKLE_MS, partial)
-        # Memory comes back: 2 MiB measured, 16 allowed for allocator noise.
-        self.assertLessEqual(partial["rss_10s_after_leaving_growth_mib"], 16, partial)
+        # Memory comes back: 2 MiB measured on CPython, 16 allowed for
+        # allocator noise; PyPy's collector keeps more (32.7 MiB measured).
+        kept = 48 if sys.implementation.name == "pypy" else 16
+        self.assertLessEqual(partial["rss_10s_after_leaving_growth_mib"], kept, partial)
         flood = figures["connflood"]
         self.assertLessEqual(flood["clean_batch_while_flooded"]["p50_ms"], FLOOD_MS, flood)
