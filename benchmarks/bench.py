@@ -225,9 +225,16 @@ def runScenario(
     duration: float,
     clientCpu: int | None,
     onConnected: Callable[[], dict[str, Any]] | None = None,
+    warmup: float = 0.0,
 ) -> dict[str, Any]:
     """
     Drive C{server} with one client run; return the figures of the run.
+
+    With C{warmup}, the client first sends the scenario's own load for that
+    long in the same process, unmeasured (C{tcpdemo-client --warmup}): a
+    PyPy client would otherwise compile its loops while it measures, and
+    its pauses would count as the server's latency.  The server's CPU and
+    the acks it is divided by both cover the warm-up too.
     """
     assert server.port is not None
     cpuBefore = server.cpuSeconds()
@@ -242,8 +249,9 @@ def runScenario(
         scenario.payloadSize,
         window=scenario.window,
         rate=scenario.rate,
+        warmup=warmup,
     )
-    client = Client(command, clientCpu, timeout=duration + 180)
+    client = Client(command, clientCpu, timeout=warmup + duration + 180)
     extra: dict[str, Any] = {}
     if onConnected is not None:
         extra = onConnected()
@@ -254,18 +262,16 @@ def runScenario(
     figures = clientFigures(scenario, result)
     acked = figures["acked"]
     cpu = cpuAfter - cpuBefore
+    # The server's CPU spans the client's warm-up and its measured window.
+    seconds = result["duration_s"] + warmup if result["duration_s"] else 0.0
     figures.update(
         {
             "server_cpu_s": round(cpu, 3),
             "server_cpu_us_per_ack": round(cpu * 1e6 / acked, 4) if acked else None,
-            "server_cpu_percent": round(100 * cpu / result["duration_s"], 1)
-            if result["duration_s"]
-            else None,
+            "server_cpu_percent": round(100 * cpu / seconds, 1) if seconds else None,
             # Time the server was runnable but had no CPU: the shared machine's share.
-            "server_cpu_wait_percent": round(
-                100 * (waitAfter - waitBefore) / result["duration_s"], 1
-            )
-            if result["duration_s"]
+            "server_cpu_wait_percent": round(100 * (waitAfter - waitBefore) / seconds, 1)
+            if seconds
             else None,
             "rss_before_mib": round(rssBefore / 2**20, 2),
             "rss_after_mib": round(rssAfter / 2**20, 2),
@@ -359,34 +365,6 @@ def warmUp(
     ).result()
     if result["errors"]["total"]:
         raise BenchError(f"{server.kind}: errors while warming up: {result['errors']}")
-
-
-def warmUpAs(
-    server: Server, scenario: Scenario, clientPython: str, seconds: float, clientCpu: int | None
-) -> None:
-    """
-    Run C{scenario}'s own load for a while first, unmeasured.
-    """
-    if seconds <= 0:
-        return
-    assert server.port is not None
-    result = Client(
-        clientCommand(
-            clientPython,
-            server.port,
-            scenario.connections,
-            seconds,
-            scenario.payloadSize,
-            window=scenario.window,
-            rate=scenario.rate,
-        ),
-        clientCpu,
-        timeout=seconds + 120,
-    ).result()
-    if result["errors"]["total"]:
-        raise BenchError(
-            f"{server.kind}: errors while warming up {scenario.name}: {result['errors']}"
-        )
 
 
 # A full run
@@ -483,17 +461,23 @@ class Bench:
                     *((5, 100) if self.options.smoke else (50, 1000)),
                 )
                 for scenario in shared:
-                    if scenario.rate is not None and not self.options.smoke:
-                        # The open loop's short reads of varied sizes take
-                        # other paths than P's warm-up: PyPy's JIT traces
-                        # them first, unmeasured (see benchmarks/pauses.py).
-                        warmUpAs(server, scenario, clientPython, min(warm, 3.0), clientCpu)
+                    # Each scenario's own load first, in the measuring client:
+                    # its paths (short reads of varied sizes, the open loop's
+                    # ticks) are traced by PyPy's JIT, in the server and in
+                    # the client, before the figures start (benchmarks/pauses.py).
                     self.record(
                         runtime,
                         kind,
                         round_,
                         {
-                            **runScenario(server, scenario, clientPython, duration, clientCpu),
+                            **runScenario(
+                                server,
+                                scenario,
+                                clientPython,
+                                duration,
+                                clientCpu,
+                                warmup=min(warm, 3.0),
+                            ),
                             **pinned,
                         },
                     )

@@ -400,6 +400,7 @@ def clientCommand(
     payloadSize: int | None,
     window: int | None = None,
     rate: float | None = None,
+    warmup: float = 0.0,
 ) -> list[str]:
     command = [
         python,
@@ -420,6 +421,8 @@ def clientCommand(
     ]
     if payloadSize is not None:
         command += ["--payload-size", str(payloadSize)]
+    if warmup:
+        command += ["--warmup", f"{warmup:g}"]
     if rate is not None:
         command += ["--rate", f"{rate:g}"]
     else:

@@ -31,7 +31,7 @@ from tcpdemo.client.load import DEFAULT_WINDOW, LoadConfig, LoadRun, SetupError
 from tcpdemo.client.stats import PERCENTILES, Report
 from tcpdemo.endpoints import quoteArgument
 from tcpdemo.limits import raiseFileLimit
-from tcpdemo.optiontypes import nonNegativeInt, positiveFloat, positiveInt
+from tcpdemo.optiontypes import nonNegativeFloat, nonNegativeInt, positiveFloat, positiveInt
 
 PROG = "tcpdemo-client"
 DEFAULT_HOST = "127.0.0.1"
@@ -120,6 +120,16 @@ class Options(usage.Options):
             positiveFloat,
         ],
         ["duration", "d", None, "Seconds to send for.", positiveFloat],
+        [
+            "warmup",
+            None,
+            0.0,
+            "Seconds of the same load to send first, left out of the figures "
+            "(throughput, latency, CPU, sender pauses) though every ack is still "
+            "checked: a JIT (PyPy) compiles the client's loops then, not while it "
+            "measures. --duration counts after it; --count includes it.",
+            nonNegativeFloat,
+        ],
         ["count", "n", None, "Submits to send in all, shared among the connections.", positiveInt],
         [
             "payload-size",
@@ -226,6 +236,7 @@ class Options(usage.Options):
             window=DEFAULT_WINDOW if self["window"] is None else self["window"],
             rate=self["rate"],
             duration=self["duration"],
+            warmup=self["warmup"],
             count=self["count"],
             payloadSize=self["payload-size"],
             conn=bool(self["conn"]),
@@ -280,6 +291,7 @@ def formatSummary(report: Report) -> str:
         + (", Conn handshake" if c["conn"] else "")
         + tls,
         f"load: {shape}; {payload}; stop after {' or '.join(stop)}"
+        + (f" after a {report.warmup:g} s warm-up (not measured)" if report.warmup else "")
         + (" (interrupted)" if report.interrupted else ""),
         "",
         f"  {'sent':<12}{_n(report.sent):>15} submits",

@@ -146,6 +146,10 @@ class LoadConfig:
     connectTimeout: float = 10.0
     #: A non-zero result is a C{bad_result} error, not just counted.
     failOnResult: bool = False
+    #: Seconds of the same load sent first and left out of the figures
+    #: (latency, throughput, CPU, sender pauses): a JIT compiles the client's
+    #: hot loops then, not while it measures.  Acks are checked throughout.
+    warmup: float = 0.0
     #: For C{ssl:} and C{tls:}: verify the server's certificate (and name)
     #: against C{trustRoot} (a PEM file or a directory of C{*.pem}), or
     #: the description's own CAs, or the platform's.
@@ -160,6 +164,7 @@ class LoadConfig:
             "window": None if self.rate is not None else self.window,
             "rate": self.rate,
             "duration_s": self.duration,
+            "warmup_s": self.warmup,
             "count": self.count,
             "payload_size": self.payloadSize,
             "conn": self.conn,
@@ -370,18 +375,21 @@ class LoadProtocol(Protocol):
         Pop C{count} Submits off the oldest writes, one histogram record per write.
         """
         pending = self.pending
-        record = self.stats.recordLatency
+        stats = self.stats
+        record = stats.recordLatency
+        measureFrom = stats.measureFrom
         while count:
             entry = pending[0]
             inWrite = entry[1]
             if inWrite <= count:
                 pending.popleft()
-                record(now - entry[0], inWrite)
-                count -= inWrite
+                taken = inWrite
             else:
                 entry[1] = inWrite - count
-                record(now - entry[0], count)
-                count = 0
+                taken = count
+            count -= taken
+            if entry[0] >= measureFrom:  # else sent in the warm-up: not measured
+                record(now - entry[0], taken)
 
     def _problems(self) -> None:
         """
@@ -491,6 +499,7 @@ class LoadRun:
         self._senders: list[LoadProtocol] | None = None
         self._started = False
         self._stopTimer: Any = None
+        self._warmupTimer: Any = None
 
     # Progress, for the live display
 
@@ -578,6 +587,9 @@ class LoadRun:
         now = perf_counter()
         self._started = True
         self.stats.start(now)
+        if config.warmup:
+            self.stats.measureFrom = float("inf")  # nothing is measured yet
+            self._warmupTimer = self.reactor.callLater(config.warmup, self._endWarmup)
         if self._sendingOver.called:
             return  # interrupted while connecting
         self._sendersLeft = len(self.protocols)
@@ -590,9 +602,21 @@ class LoadRun:
             self._ticker.clock = self.reactor
             self._ticker.start(interval, now=True)
         if config.duration is not None:
-            self._stopTimer = self.reactor.callLater(config.duration, self.stopSending)
+            self._stopTimer = self.reactor.callLater(
+                config.warmup + config.duration, self.stopSending
+            )
         if not self.live():
             self.stopSending()
+
+    def _endWarmup(self) -> None:
+        """
+        The warm-up is over: the figures start from here, for Submits sent
+        (or, in the open loop, scheduled) from now on.
+        """
+        self._warmupTimer = None
+        self.stats.restart(perf_counter())
+        self.maxTickGap = None
+        self._lastTick = None
 
     def _tick(self) -> None:
         """
@@ -660,9 +684,9 @@ class LoadRun:
             return
         if self.stats.sendEndTime is None:
             self.stats.sendEndTime = perf_counter()
-        timer = self._stopTimer
-        if timer is not None and timer.active():
-            timer.cancel()
+        for timer in (self._stopTimer, self._warmupTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         for protocol in self.protocols:
@@ -753,6 +777,9 @@ class LoadRun:
             connections=len(self.protocols),
             sent=stats.sent,
             acked=stats.acked,
+            windowSent=stats.sent - stats.sentBefore,
+            windowAcked=stats.acked - stats.ackedBefore,
+            warmup=self.config.warmup,
             answered=stats.answered,
             unanswered=stats.sent - stats.answered,
             errors=stats.errors,

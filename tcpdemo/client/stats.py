@@ -64,6 +64,12 @@ class LoadStats:
     #: perf_counter() when sending stopped (the --duration or --count was reached).
     sendEndTime: float | None = None
     cpuStart: tuple[float, float] = (0.0, 0.0)
+    #: Latency is recorded for Submits sent (or scheduled) from this
+    #: perf_counter() on: a warm-up moves it (see L{restart}).
+    measureFrom: float = 0.0
+    #: C{sent} and C{acked} when the measured window began.
+    sentBefore: int = 0
+    ackedBefore: int = 0
 
     def start(self, now: float) -> None:
         """
@@ -71,6 +77,18 @@ class LoadStats:
         """
         self.startTime = now
         self.cpuStart = cpuSeconds()
+
+    def restart(self, now: float) -> None:
+        """
+        The warm-up ended now: throughput, latency and CPU count from here.
+        Totals (sent, acked, errors) still cover the whole run, which every
+        ack's check did.
+        """
+        self.start(now)
+        self.measureFrom = now
+        self.sentBefore = self.sent
+        self.ackedBefore = self.acked
+        self.histogram.reset()
 
     def recordLatency(self, seconds: float, count: int) -> None:
         """
@@ -136,6 +154,11 @@ class Report:
     #: Acks that answered a Submit, by result byte (as text, for JSON); only
     #: results that occurred.
     results: dict[str, int] = attrs.field(factory=dict)
+    #: Seconds of warm-up left out of the figures below the totals, and the
+    #: Submits sent and acks received in the measured window after it.
+    warmup: float = 0.0
+    windowSent: int | None = None
+    windowAcked: int | None = None
 
     @property
     def nonZeroResults(self) -> int:
@@ -148,16 +171,18 @@ class Report:
     @property
     def throughput(self) -> float:
         """
-        Correct acks per second of the run.
+        Correct acks per second of the run (after its warm-up).
         """
-        return self.acked / self.duration if self.duration > 0 else 0.0
+        acked = self.acked if self.windowAcked is None else self.windowAcked
+        return acked / self.duration if self.duration > 0 else 0.0
 
     @property
     def sendRate(self) -> float:
         """
-        Submits written per second while sending.
+        Submits written per second while sending (after the warm-up).
         """
-        return self.sent / self.sendDuration if self.sendDuration > 0 else 0.0
+        sent = self.sent if self.windowSent is None else self.windowSent
+        return sent / self.sendDuration if self.sendDuration > 0 else 0.0
 
     @property
     def cpu(self) -> float:
@@ -181,6 +206,7 @@ class Report:
                 "messages": self.messages,
                 "messages_omitted": max(0, self.errors - len(self.messages)),
             },
+            "warmup_s": self.warmup,
             "duration_s": round(self.duration, 6),
             "send_duration_s": round(self.sendDuration, 6),
             "throughput_acks_per_s": round(self.throughput, 1),
