@@ -26,8 +26,14 @@ Scenarios (fixed, named):
     100 000 and 20 000 Submits/s; the client counts each Submit's latency
     from its scheduled send time.
 
-Results go to benchmarks/results/ (results.json, summary.md, chart.svg);
-C{--update-doc} rewrites the generated part of BENCHMARKS.md.
+Where things go: the raw data of a run (results.json, the servers' logs,
+profiles) into the run directory, benchmarks/runs/ (C{--run-dir}; not kept
+in git); what the docs show, summary.md and chart.svg, into benchmarks/results/
+(C{--out}; kept in git).  C{--merge} keeps the runs of the earlier
+results.json in the run directory that were not measured again;
+C{--update-doc} rewrites the generated part of BENCHMARKS.md.  From the raw
+data alone, C{python -m benchmarks.report} writes the summary, the chart and
+that part again.
 """
 
 from __future__ import annotations
@@ -63,7 +69,12 @@ from benchmarks.servers import (
 )
 from tcpdemo.limits import raiseFileLimit
 
+#: What the docs show (summary.md, chart.svg): kept in git.
 RESULTS = ROOT / "benchmarks" / "results"
+#: The raw data of runs (results.json, logs/, profiles/): generated, not kept.
+RUNS = ROOT / "benchmarks" / "runs"
+#: The document whose generated section --update-doc rewrites.
+DOC = ROOT / "BENCHMARKS.md"
 VENV = ROOT / "benchmarks" / ".venv"
 
 PAYLOAD_SIZE = 20
@@ -383,7 +394,11 @@ class Bench:
         self.clientCpu: int | None = 1 if pin else None
         self.logDir = Path(
             options.log_dir
-            or (RESULTS / "logs" if not options.smoke else Path(os.environ.get("TMPDIR", "/tmp")))
+            or (
+                Path(options.run_dir or RUNS) / "logs"
+                if not options.smoke
+                else Path(os.environ.get("TMPDIR", "/tmp"))
+            )
         )
         self.logDir.mkdir(parents=True, exist_ok=True)
 
@@ -613,7 +628,7 @@ class Bench:
             self.smokeRun(interpreters, clientPython, scenarios)
         elapsed = time.time() - started
         log(f"done in {elapsed:.0f}s")
-        if not options.smoke or options.out:
+        if not options.smoke or options.out or options.run_dir:
             self.write(interpreters, clientPython, elapsed)
         for failure in self.failures:
             log(f"FAILURE: {failure}")
@@ -623,8 +638,12 @@ class Bench:
         return 1 if self.failures else 0
 
     def write(self, interpreters: dict[str, str], clientPython: str, elapsed: float) -> None:
-        out = Path(self.options.out or RESULTS)
-        out.mkdir(parents=True, exist_ok=True)
+        """
+        The raw data into the run directory (merged with its earlier
+        results.json if asked), then what the docs show from it.
+        """
+        runDir = Path(self.options.run_dir or RUNS)
+        runDir.mkdir(parents=True, exist_ok=True)
         meta = environment(interpreters, clientPython, self.serverCpu, self.clientCpu)
         meta["elapsed_s"] = round(elapsed)
         meta["protocol_sha256_at_start"] = self.productAtStart
@@ -633,17 +652,17 @@ class Bench:
         meta["warmup_s"] = self.options.warmup
         meta["rounds"] = self.options.runs
         data = {"meta": meta, "runs": self.runs, "failures": self.failures}
-        path = out / "results.json"
+        path = runDir / "results.json"
         if self.options.merge and path.exists():
             data = mergeResults(json.loads(path.read_text()), data)
         path.write_text(json.dumps(data, indent=1) + "\n")
-        summary = report.summary(data)
-        (out / "summary.md").write_text(summary)
-        (out / "chart.svg").write_text(report.chart(data))
-        log(f"wrote {path}, {out / 'summary.md'}, {out / 'chart.svg'}")
-        if self.options.update_doc:
-            report.updateDoc(ROOT / "BENCHMARKS.md", summary)
-            log("updated the generated section of BENCHMARKS.md")
+        log(f"wrote {path}")
+        for written in report.publish(
+            data,
+            Path(self.options.out or RESULTS),
+            Path(self.options.doc) if self.options.update_doc else None,
+        ):
+            log(f"wrote {written}")
 
 
 def mergeResults(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -783,13 +802,27 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="do not pin the server to CPU 0 and the client to CPU 1",
     )
-    parser.add_argument("--out", default=None, help="results directory [benchmarks/results]")
-    parser.add_argument("--log-dir", default=None, help="server logs [results/logs]")
     parser.add_argument(
-        "--merge", action="store_true", help="keep earlier results.json runs not measured again"
+        "--out",
+        default=None,
+        help="where summary.md and chart.svg go, what the docs show [benchmarks/results]",
     )
     parser.add_argument(
-        "--update-doc", action="store_true", help="rewrite the generated section of BENCHMARKS.md"
+        "--run-dir",
+        default=None,
+        help="where the raw data goes: results.json, logs/, profiles/ [benchmarks/runs]",
+    )
+    parser.add_argument("--log-dir", default=None, help="server logs [RUN_DIR/logs]")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the runs of RUN_DIR/results.json not measured again",
+    )
+    parser.add_argument(
+        "--update-doc", action="store_true", help="rewrite the generated section of --doc"
+    )
+    parser.add_argument(
+        "--doc", default=str(DOC), help="the document --update-doc rewrites [BENCHMARKS.md]"
     )
     parser.add_argument(
         "--profile",

@@ -1,7 +1,7 @@
 """
 Where PyPy's latency tail goes: the pauses of a PyPy server, by cause.
 
-  python -m benchmarks.pauses [--seconds 5] [--out DIR]
+  python -m benchmarks.pauses [--seconds 5] [--run-dir DIR] [--out DIR]
 
 Runs C{twistd -n tcpdemo} under PyPy (the harness's PyPy environment) with
 C{PYPYLOG} recording the garbage collector's minor collections and major
@@ -13,6 +13,10 @@ cause, how many pauses there were, their total and the longest, and how many
 took over 1 and 5 ms.  Every pause stops the reactor: the Submits that
 arrive meanwhile wait for it, so a pause longer than the p99 of a run
 accounts for the tail by itself.
+
+The raw data (pauses.json, the PYPYLOG file, the server's log) goes to the
+run directory, benchmarks/runs/pauses/, not kept in git; the table, pauses.md,
+to benchmarks/results/pauses/.
 
 Durations are wall-clock (the CPU's time-stamp counter): on a shared machine
 a pause also includes time the process was not running.  The counts do not.
@@ -181,11 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--seconds", type=float, default=None, help="seconds per open-loop phase [5]"
     )
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "pauses"))
+    parser.add_argument(
+        "--run-dir",
+        default=str(ROOT / "benchmarks" / "runs" / "pauses"),
+        help="raw data: pauses.json, the PYPYLOG file, the server's log [benchmarks/runs/pauses]",
+    )
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "benchmarks" / "results" / "pauses"),
+        help="where the table, pauses.md, goes [benchmarks/results/pauses]",
+    )
     options = parser.parse_args(argv)
-    phases = run(Path(options.out), options.seconds)
+    phases = run(Path(options.run_dir), options.seconds)
     text = table(phases)
-    (Path(options.out) / "pauses.md").write_text(text + "\n")
+    out = Path(options.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pauses.md").write_text(text + "\n")
     sys.stdout.write(text + "\n")
     return 0
 

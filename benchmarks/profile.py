@@ -9,7 +9,9 @@ On CPython: py-spy (sampling, out of process, so the figures are not skewed
 by the profiler) when it is installed, then the server's own
 C{/debug/profile} (cProfile, with call counts); on PyPy, C{/debug/profile}
 only (py-spy cannot read PyPy).  Tables go to
-benchmarks/results/profiles/RUNTIME-SERVER.txt.
+benchmarks/runs/profiles/RUNTIME-SERVER.txt (the run directory, C{--run-dir}):
+generated files, not kept in git, since they name this machine's paths and
+the line numbers of the code profiled.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.bench import RESULTS, SCENARIOS, Bench, Scenario, log, warmUp
+from benchmarks.bench import RUNS, SCENARIOS, Bench, Scenario, log, warmUp
 from benchmarks.servers import (
     PEERS,
     PRODUCT,
@@ -195,7 +197,7 @@ def main(options: argparse.Namespace) -> int:
     raiseFileLimit()
     interpreters = bench.interpreters()
     clientPython = bench.clientPython(interpreters)
-    out = Path(options.out or RESULTS) / "profiles"
+    out = Path(options.run_dir or RUNS) / "profiles"
     out.mkdir(parents=True, exist_ok=True)
     seconds = max(3.0, options.duration)
     failures = 0

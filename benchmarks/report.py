@@ -1,12 +1,19 @@
 """
-Turning results.json into tables (Markdown) and a chart (SVG, written here:
-no plotting dependency).
+Turning a run's raw results.json into what the docs show: tables (Markdown)
+and a chart (SVG, written here: no plotting dependency).
+
+  python -m benchmarks.report [--run-dir DIR] [--out DIR] [--update-doc]
+
+The raw data stays in the run directory (benchmarks/runs/, not kept in
+git); summary.md and chart.svg go to benchmarks/results/, which git keeps.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
+import os
 import re
 import statistics
 from collections.abc import Sequence
@@ -464,7 +471,11 @@ def openLoopNote(data: dict[str, Any]) -> str:
     return "\n\n".join(paragraphs)
 
 
-def summary(data: dict[str, Any]) -> str:
+def summary(data: dict[str, Any], chartLink: str = "chart.svg") -> str:
+    """
+    The Markdown of a run; C{chartLink} is the chart's path relative to
+    the file the text goes into.
+    """
     meta = data.get("meta", {})
     pin = meta.get("pinning")
     lines = [
@@ -516,7 +527,7 @@ def summary(data: dict[str, Any]) -> str:
         "",
         stepsTable(data),
         "",
-        "![acks/s and server CPU per ack, per step and runtime](benchmarks/results/chart.svg)",
+        f"![acks/s and server CPU per ack, per step and runtime]({chartLink})",
         "",
     ]
     workers = workersTable(data)
@@ -551,6 +562,23 @@ def summary(data: dict[str, Any]) -> str:
             ["### Failures in this run", ""] + [f"- `{f.splitlines()[0]}`" for f in failures] + [""]
         )
     return "\n".join(lines)
+
+
+def publish(data: dict[str, Any], out: Path, doc: Path | None = None) -> list[Path]:
+    """
+    Write what the docs show of a run, C{out}/summary.md and
+    C{out}/chart.svg, and the generated section of C{doc} if given (its
+    link to the chart relative to C{doc}); return the files written.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "summary.md", out / "chart.svg"]
+    written[0].write_text(summary(data))
+    written[1].write_text(chart(data))
+    if doc is not None:
+        link = os.path.relpath(written[1].resolve(), doc.resolve().parent)
+        updateDoc(doc, summary(data, Path(link).as_posix()))
+        written.append(doc)
+    return written
 
 
 def updateDoc(path: Path, generated: str) -> None:
@@ -694,26 +722,32 @@ def chart(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """
-    C{python -m benchmarks.report [--update-doc] [RESULTS_DIR]}: write
-    summary.md and chart.svg again from results.json (and BENCHMARKS.md's
-    generated section), without measuring anything.
+    C{python -m benchmarks.report}: write summary.md and chart.svg again
+    from the run directory's results.json (and the generated section of
+    BENCHMARKS.md), without measuring anything.
     """
     import argparse
-    import json
 
-    from benchmarks.bench import RESULTS, ROOT
+    from benchmarks.bench import DOC, RESULTS, RUNS
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report")
-    parser.add_argument("results", nargs="?", default=str(RESULTS))
-    parser.add_argument("--update-doc", action="store_true")
+    parser.add_argument(
+        "--run-dir", default=str(RUNS), help="where results.json is [benchmarks/runs]"
+    )
+    parser.add_argument(
+        "--out", default=str(RESULTS), help="where summary.md and chart.svg go [benchmarks/results]"
+    )
+    parser.add_argument("--update-doc", action="store_true", help="rewrite --doc's generated part")
+    parser.add_argument("--doc", default=str(DOC), help="[BENCHMARKS.md]")
     options = parser.parse_args(argv)
-    out = Path(options.results)
-    data = json.loads((out / "results.json").read_text())
-    text = summary(data)
-    (out / "summary.md").write_text(text)
-    (out / "chart.svg").write_text(chart(data))
-    if options.update_doc:
-        updateDoc(ROOT / "BENCHMARKS.md", text)
+    raw = Path(options.run_dir) / "results.json"
+    if not raw.exists():
+        parser.error(
+            f"no {raw}: run python -m benchmarks.bench first "
+            "(the raw data of runs is not kept in git)"
+        )
+    data = json.loads(raw.read_text())
+    publish(data, Path(options.out), Path(options.doc) if options.update_doc else None)
     return 0
 
 
