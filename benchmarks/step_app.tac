@@ -30,5 +30,9 @@ _options = Options()
 _options.parseOptions(shlex.split(os.environ.get("TCPDEMO_STEP_ARGS", "")))
 _service = makeService(_options)
 _service.factory.protocol = _protocol
+# A step that counted otherwise than the product's tally brings its own.
+_tally = getattr(_protocol, "stepTally", None)
+if _tally is not None:
+    _service.factory.tally = _tally(_service.factory.metrics)
 application = Application(f"tcpdemo-{_step}")
 _service.setServiceParent(application)

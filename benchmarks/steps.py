@@ -41,6 +41,14 @@ later work on C{tcpdemo.frame} does not leak into them.
 
 Steps 5 to 7 take any run of two or more equal Submits with
 C{submitRunAcks}; the product only runs of C{MIN_RUN} (16) or more.
+
+What the steps use of the product is its public subclass interface (see
+L{TcpDemoServerProtocol}: C{closing}, C{authenticated},
+C{otherPacketReceived}, C{queueReply}, C{parseReceived}, C{finishIfClosing},
+C{takeSubmits}, C{readSize}, C{minRun}) and the factory's C{metrics} and
+C{tally}; none of its private members.  Steps 0 to 4 carry their own state
+(the bytes not yet parsed, the ids and the output of a read), as their
+commits did.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from __future__ import annotations
 from typing import Any
 
 from tcpdemo.frame import HEADER_SIZE, LENGTH, MIN_FRAME_LENGTH, FrameReceiver, frame
+from tcpdemo.metrics import ReadTally
 from tcpdemo.packet import (
     ID_SIZE,
     RESULT_OK,
@@ -59,6 +68,7 @@ from tcpdemo.packet import (
     encode,
 )
 from tcpdemo.protocol import TcpDemoServerProtocol
+from tcpdemo.scan import acks as idsToAcks
 from tcpdemo.scan import pureScanSubmits as scanSubmits
 from tcpdemo.scan import pureSubmitRunAcks as submitRunAcks
 
@@ -86,24 +96,42 @@ class HistoricalFrameLoop(WholeLimitReads):
     The receiving path of commits 97bb614..4f851ad, pinned: count the bytes,
     then the per-frame parse loop of C{FrameReceiver.dataReceived}, which
     calls C{stringReceived} once per frame and C{endOfRead} once per read.
+    It keeps its own state, as those commits did: the bytes not yet parsed,
+    the ids of the read's Submits and its output.
     """
 
+    _stepUnparsed = b""
+    _stepIds: list[bytes]
+    _stepOut: list[bytes]
+
+    def connectionMade(self) -> None:
+        self._stepIds = []
+        self._stepOut = []
+        super().connectionMade()
+
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self.closing:
             return
         if data:
             self.factory.metrics.bytes_received.inc(len(data))
             if self.timeOut is not None:
                 self.resetTimeout()
-        self._parse(data)
+        self.parseFrames(data)
 
-    def _parse(self, data: bytes) -> None:
+    def takeStepUnparsed(self, data: bytes) -> bytes:
+        buffered = self._stepUnparsed
+        if not buffered:
+            return data
+        self._stepUnparsed = b""
+        return buffered + data
+
+    def parseFrames(self, data: bytes) -> None:
         transport: Any = self.transport
         if transport is not None and transport.disconnecting:
-            self._unprocessed = b""
+            self._stepUnparsed = b""
             self.endOfRead()
             return
-        alldata = self.takeUnprocessed(data)
+        alldata = self.takeStepUnparsed(data)
         offset = 0
         size = len(alldata)
         maxLength = self.MAX_LENGTH
@@ -113,7 +141,7 @@ class HistoricalFrameLoop(WholeLimitReads):
                 break
             (length,) = unpack_from(alldata, offset)
             if length < MIN_FRAME_LENGTH or length > maxLength:
-                self._unprocessed = b""
+                self._stepUnparsed = b""
                 self.badLengthReceived(length)
                 self.endOfRead()
                 return
@@ -122,42 +150,41 @@ class HistoricalFrameLoop(WholeLimitReads):
                 break
             self.stringReceived(alldata[offset + HEADER_SIZE : end])
             offset = end
-        self._unprocessed = alldata[offset:] if offset else alldata
+        self._stepUnparsed = alldata[offset:] if offset else alldata
         self.endOfRead()
+
+    def parseReceived(self) -> None:
+        # The product's drain: every complete frame already received.
+        self.parseFrames(b"")
 
     # Sending, as of 4f851ad: the ids of a read become one join, the
     # queued output one write, the counters move once per read.
 
-    def _moveIdsToOut(self) -> None:
-        ids = self._ids
+    def moveStepIdsToOut(self) -> None:
+        ids = self._stepIds
         if ids:
-            self._out.append(_ACK_HEAD + _ACK_SEPARATOR.join(ids) + _ACK_OK_TAIL)
+            self._stepOut.append(_ACK_HEAD + _ACK_SEPARATOR.join(ids) + _ACK_OK_TAIL)
             metrics = self.factory.metrics
             metrics.req_recv.inc(len(ids))
             metrics.rsp_send.inc(len(ids))
-            self._ids = []
+            self._stepIds = []
+
+    def queueReply(self, data: bytes, answered: int = 0) -> None:
+        # A ConnAck from the product's Conn handling: after the acks owed.
+        self.moveStepIdsToOut()
+        self._stepOut.append(data)
 
     def endOfRead(self) -> None:
-        if self._ids:
-            self._moveIdsToOut()
-        out = self._out
+        if self._stepIds:
+            self.moveStepIdsToOut()
+        out = self._stepOut
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
-            self._out = []
+            self._stepOut = []
             self.transport.write(data)
             self.factory.metrics.bytes_sent.inc(len(data))
-        if self._closing and not self._closed:
-            # Closing is the product's business, not part of the record.
-            self._finish()
-
-    def drain(self) -> None:
-        if self._closing:
-            return
-        self.transport.pauseProducing()
-        self.paused = False
-        self._parse(b"")
-        self._close()
-        self.endOfRead()
+        # Closing is the product's business, not part of the record.
+        self.finishIfClosing()
 
 
 class Step0Naive(HistoricalFrameLoop):
@@ -173,18 +200,17 @@ class Step0Naive(HistoricalFrameLoop):
         except ProtocolError as error:
             self.protocolError(error)
             return
-        if isinstance(packet, Submit) and self._authenticated:
+        if isinstance(packet, Submit) and self.authenticated:
             self.factory.metrics.req_recv.inc()
             self.sendString(encode(SubmitAck(packet.id, RESULT_OK)))
             self.factory.metrics.rsp_send.inc()
         else:
-            # Conn, or a refusal: the product's handling, its reply written
-            # at once so that it keeps its place among the acks.
-            self._otherPacket(string)
-            out = self._out
-            if out:
-                self._out = []
-                self.transport.write(b"".join(out))
+            # Conn, or a refusal: the product's handling.
+            self.otherPacketReceived(string)
+
+    def queueReply(self, data: bytes, answered: int = 0) -> None:
+        # A ConnAck, written at once so that it keeps its place among the acks.
+        self.transport.write(data)
 
 
 class Step1BatchedWrites(HistoricalFrameLoop):
@@ -200,13 +226,13 @@ class Step1BatchedWrites(HistoricalFrameLoop):
         except ProtocolError as error:
             self.protocolError(error)
             return
-        if isinstance(packet, Submit) and self._authenticated:
+        if isinstance(packet, Submit) and self.authenticated:
             self.factory.metrics.req_recv.inc()
-            self._out.append(frame(encode(SubmitAck(packet.id, RESULT_OK))))
+            self._stepOut.append(frame(encode(SubmitAck(packet.id, RESULT_OK))))
             self.factory.metrics.rsp_send.inc()
         else:
-            # Conn or a refusal; a ConnAck joins _out in its place.
-            self._otherPacket(string)
+            # Conn or a refusal; a ConnAck joins the output in its place.
+            self.otherPacketReceived(string)
 
 
 class Step2CountersPerRead(Step1BatchedWrites):
@@ -215,7 +241,7 @@ class Step2CountersPerRead(Step1BatchedWrites):
     read, by the number of acks it earned.
     """
 
-    _acked = 0
+    _stepAcked = 0
 
     def stringReceived(self, string: bytes) -> None:
         try:
@@ -223,16 +249,16 @@ class Step2CountersPerRead(Step1BatchedWrites):
         except ProtocolError as error:
             self.protocolError(error)
             return
-        if isinstance(packet, Submit) and self._authenticated:
-            self._out.append(frame(encode(SubmitAck(packet.id, RESULT_OK))))
-            self._acked += 1
+        if isinstance(packet, Submit) and self.authenticated:
+            self._stepOut.append(frame(encode(SubmitAck(packet.id, RESULT_OK))))
+            self._stepAcked += 1
         else:
-            self._otherPacket(string)
+            self.otherPacketReceived(string)
 
     def endOfRead(self) -> None:
-        n = self._acked
+        n = self._stepAcked
         if n:
-            self._acked = 0
+            self._stepAcked = 0
             metrics = self.factory.metrics
             metrics.req_recv.inc(n)
             metrics.rsp_send.inc(n)
@@ -247,10 +273,10 @@ class Step3IdsFastPath(HistoricalFrameLoop):
     """
 
     def stringReceived(self, string: bytes) -> None:
-        if string[0] == SUBMIT and len(string) > ID_SIZE and self._authenticated:
-            self._ids.append(string[1 : ID_SIZE + 1])
+        if string[0] == SUBMIT and len(string) > ID_SIZE and self.authenticated:
+            self._stepIds.append(string[1 : ID_SIZE + 1])
         else:
-            self._otherPacket(string)
+            self.otherPacketReceived(string)
 
 
 _SUBMIT_FRAME_MIN = HEADER_SIZE + 1 + ID_SIZE
@@ -307,62 +333,68 @@ class Step4BulkScan(Step3IdsFastPath):
     """
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self.closing:
             return
         if data:
             self.factory.metrics.bytes_received.inc(len(data))
             if self.timeOut is not None:
                 self.resetTimeout()
-        if self._authenticated and not self.paused:
-            alldata = self.takeUnprocessed(data)
-            offset = bulkScanSubmits(alldata, self.MAX_LENGTH, self._ids)
+        if self.authenticated and not self.paused:
+            alldata = self.takeStepUnparsed(data)
+            offset = bulkScanSubmits(alldata, self.MAX_LENGTH, self._stepIds)
             data = alldata[offset:] if offset else alldata
-        self._parse(data)
+        self.parseFrames(data)
+
+
+class CountsEveryRead(ReadTally):
+    """
+    The counters as steps 0 to 5 moved them: on every read, by
+    C{Counter.inc} (bytes received, bytes sent, Submits received, acks
+    sent), rather than in bulk at most 0.1 s later as the product's tally
+    does since step6.
+    """
+
+    __slots__ = ()
+
+    def changed(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        metrics = self.metrics
+        if self.bytesReceived:
+            metrics.bytes_received.inc(self.bytesReceived)
+            self.bytesReceived = 0
+        if self.bytesSent:
+            metrics.bytes_sent.inc(self.bytesSent)
+            self.bytesSent = 0
+        if self.answered:
+            metrics.req_recv.inc(self.answered)
+            metrics.rsp_send.inc(self.answered)
+            self.answered = 0
 
 
 class Step5AcksBuiltInC(WholeLimitReads):
     """
     step5 "acks built in C", as in commits a0a88d2..9f73ec6: the product's
-    receiving and sending path, but each read moves the counters itself,
-    four C{Counter.inc} calls (the product adds to its C{ReadTally}).
+    receiving and sending path, with the pure-Python scans of the time
+    taking any run of two or more equal Submits, and each read moving the
+    counters itself, four C{Counter.inc} calls (L{CountsEveryRead}, which
+    C{step_app.tac} gives the factory; the product adds to its
+    C{ReadTally}).
     """
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        if data:
-            self.factory.metrics.bytes_received.inc(len(data))
-            if self.timeOut is not None:
-                self.resetTimeout()
-        if self._authenticated and not self.paused:
-            alldata = self.takeUnprocessed(data)
-            maxLength = self.MAX_LENGTH
-            end, count, acks = submitRunAcks(alldata, maxLength, 2)
-            if count:
-                self._moveIdsToOut()
-                self._out.append(acks)
-                self._answered += count
-            offset = scanSubmits(alldata, maxLength, self._ids, end)
-            data = alldata[offset:] if offset else alldata
-        FrameReceiver.dataReceived(self, data)
+    stepTally = CountsEveryRead
 
-    def endOfRead(self) -> None:
-        if self._ids:
-            self._moveIdsToOut()
-        out = self._out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            self._out = []
-            self._write(data)
-            metrics = self.factory.metrics
-            metrics.bytes_sent.inc(len(data))
-            answered = self._answered
-            if answered:
-                self._answered = 0
-                metrics.req_recv.inc(answered)
-                metrics.rsp_send.inc(answered)
-        if self._closing and not self._closed:
-            self._finish()
+    def takeSubmits(self, data: bytes) -> bytes:
+        maxLength = self.MAX_LENGTH
+        end, count, acks = submitRunAcks(data, maxLength, 2)
+        if count:
+            self.queueReply(acks, count)
+        ids: list[bytes] = []
+        offset = scanSubmits(data, maxLength, ids, end)
+        if ids:
+            self.queueReply(idsToAcks(ids), len(ids))
+        return data[offset:] if offset else data
 
 
 class Step6CountsInBulk(WholeLimitReads):

@@ -413,11 +413,11 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         return data[offset:]
 
     def stringReceived(self, string: bytes) -> None:
-        if string[0] == SUBMIT and len(string) > ID_SIZE and self._authenticated:
+        if string[0] == SUBMIT and len(string) > ID_SIZE and self.authenticated:
             self._ids.append(string[1 : ID_SIZE + 1])
             self._frames.append(frame(string))
         else:
-            self._otherPacket(string)
+            self.otherPacketReceived(string)
 
     def _moveIdsToOut(self) -> None:
         """

@@ -131,6 +131,15 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
 
     It is half-closeable: a client that shuts down its sending side after
     its last Submit still gets every ack before the server closes.
+
+    A subclass that answers Submits its own way (L{tcpdemo.pending}'s
+    handler path, the benchmark's historical steps) keeps the rest --
+    Conn, bad input, backpressure, closing -- through these: C{takeSubmits}
+    (the bulk path of a read), C{authenticated}, C{closing},
+    L{otherPacketReceived} (any frame but an authenticated Submit),
+    L{queueReply} (bytes to write in order after the acks owed),
+    L{parseReceived} (the frames already received, at shutdown) and
+    L{finishIfClosing} (the end of a read, once the acks are written).
     """
 
     factory: TcpDemoServerFactory
@@ -139,7 +148,8 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
 
     _ids: list[bytes]
     _out: list[bytes]
-    _authenticated = True
+    #: A Conn with the right token arrived, or none is needed.
+    authenticated = True
     _closing = False
     _closed = False
     _readClosed = False
@@ -162,7 +172,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         self.MAX_LENGTH = factory.maxFrameLength
         self._ids = []
         self._out = []
-        self._authenticated = factory.authToken is None
+        self.authenticated = factory.authToken is None
         self.framesPerTurn = factory.framesPerTurn
         transport = self.transport
         # Plain TCP and unix sockets: see _write.
@@ -219,7 +229,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
                 # The frame it completed closed the connection.
                 self.endOfRead()
                 return
-        if self._authenticated and not self.paused:
+        if self.authenticated and not self.paused:
             # Take the plain Submits off the front in bulk; the frame layer
             # parses whatever is left (a partial frame, anything else).
             data = self.takeSubmits(self.takeUnprocessed(data))
@@ -240,12 +250,20 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
 
     def stringReceived(self, string: bytes) -> None:
         # The fast path: an authenticated, well-formed Submit is just its id.
-        if string[0] == SUBMIT and len(string) > ID_SIZE and self._authenticated:
+        if string[0] == SUBMIT and len(string) > ID_SIZE and self.authenticated:
             self._ids.append(string[1 : ID_SIZE + 1])
         else:
-            self._otherPacket(string)
+            self.otherPacketReceived(string)
 
-    def _otherPacket(self, payload: bytes) -> None:
+    @property
+    def closing(self) -> bool:
+        """
+        Reading has stopped: the connection closes once the acks owed so
+        far are written.
+        """
+        return self._closing
+
+    def otherPacketReceived(self, payload: bytes) -> None:
         """
         Everything but the fast path: decode fully, then act or refuse.
         """
@@ -258,7 +276,7 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
                 )
             packet = decode(payload)
             if isinstance(packet, Submit):
-                if not self._authenticated:
+                if not self.authenticated:
                     raise UnexpectedCommand(
                         "Submit before an authenticating Conn: " + abbreviate(payload)
                     )
@@ -277,10 +295,9 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         """
         token = self.factory.authToken
         accepted = token is None or hmac.compare_digest(conn.token, token)
-        self._moveIdsToOut()
-        self._out.append(_CONNACK_OK if accepted else _CONNACK_ERROR)
+        self.queueReply(_CONNACK_OK if accepted else _CONNACK_ERROR)
         if accepted:
-            self._authenticated = True
+            self.authenticated = True
         else:
             self.factory.metrics.protocol_errors.labels("auth_failed").inc()
             self.factory.errorLines.emit(
@@ -315,6 +332,15 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
 
     # Sending
 
+    def queueReply(self, data: bytes, answered: int = 0) -> None:
+        """
+        Queue C{data} (acks, a ConnAck) to be written at the end of this
+        read, after every ack owed so far; it answers C{answered} Submits.
+        """
+        self._moveIdsToOut()
+        self._out.append(data)
+        self._answered += answered
+
     def _moveIdsToOut(self) -> None:
         ids = self._ids
         if ids:
@@ -338,6 +364,15 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
             tally.answered += self._answered
             self._answered = 0
         tally.changed()
+        # finishIfClosing, inline: this runs once per read.
+        if self._closing and not self._closed:
+            self._finish()
+
+    def finishIfClosing(self) -> None:
+        """
+        The end of a read whose acks are written: if the connection is
+        closing, close it now (once).
+        """
         if self._closing and not self._closed:
             self._finish()
 
@@ -532,9 +567,16 @@ class TcpDemoServerProtocol(FrameReceiver, TimeoutMixin):
         self.paused = False
         # Everything already read is answered now, however many frames.
         self.framesPerTurn = None
-        FrameReceiver.dataReceived(self, b"")
+        self.parseReceived()
         self._close()
         self.endOfRead()
+
+    def parseReceived(self) -> None:
+        """
+        Deliver every complete frame received and not yet parsed (for
+        L{drain}: reading has stopped).
+        """
+        FrameReceiver.dataReceived(self, b"")
 
 
 if TYPE_CHECKING:
