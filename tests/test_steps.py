@@ -52,6 +52,7 @@ class StepTests(SynchronousTestCase):
         if tallyFor is not None:
             factory.tally = tallyFor(factory.metrics)
         protocol = factory.buildProtocol(PEER)
+        assert protocol is not None
         transport = HalfClosingTransport()
         protocol.makeConnection(transport)
         return protocol, transport
@@ -60,7 +61,7 @@ class StepTests(SynchronousTestCase):
         if flush:
             protocol.factory.tally.flush()
         return sum(
-            sample.value
+            float(sample.value)
             for metric in protocol.factory.metrics.registry.collect()
             for sample in metric.samples
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
