@@ -42,10 +42,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     The C{tcpdemo-dump} console script.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or args[0] in ("-h", "--help"):
-        if args and args[0] in ("-h", "--help"):
-            print(USAGE)
-            sys.exit(0)
+    if args and args[0] in ("-h", "--help"):
+        sys.stdout.write(USAGE + "\n")
+        sys.exit(0)
+    if len(args) != 1:
         sys.stderr.write(USAGE + "\n")
         sys.exit(2)
     try:

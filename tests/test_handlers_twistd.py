@@ -292,6 +292,20 @@ class SqliteTwistdTests(TestCase):
 
 
 class DumpTests(TestCase):
+    def test_help(self) -> None:
+        """
+        --help (or -h): the usage line on standard output, exit status 0.
+        """
+        for flag in ("--help", "-h"):
+            result = runDump(flag)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(
+                result.stdout.decode(),
+                "usage: tcpdemo-dump SPEC   "
+                "(e.g. tcpdemo-dump sqlite:/var/lib/tcpdemo/submits.db)\n",
+            )
+            self.assertEqual(result.stderr, b"")
+
     def test_badSpecs(self) -> None:
         """
         Each bad SPEC: exit status 2 and one line saying what is wrong.
