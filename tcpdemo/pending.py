@@ -179,6 +179,10 @@ class HandlerRunner:
         self.waitingBytes = 0
         #: Batches handed to the handler and not yet answered.
         self.outstanding = 0
+        #: Those of them whose handler answered with a Deferred still to
+        #: fire: what L{giveUp} finishes.
+        self._atHandler: dict[PendingBatch, None] = {}
+        self._stopped = False
         self.heldForTotal: dict[HandlerServerProtocol, None] = {}
         self._idleWaiters: list[Deferred[None]] = []
         self._errors = 0
@@ -208,6 +212,7 @@ class HandlerRunner:
             if self.timeout is not None:
                 entry.timer = self.reactor.callLater(self.timeout, self._timedOut, entry)
             entry.deferred = result
+            self._atHandler[entry] = None
             result.addCallbacks(
                 self._answered, self._failed, callbackArgs=(entry,), errbackArgs=(entry,)
             )
@@ -239,10 +244,17 @@ class HandlerRunner:
         entry.timer = None
         if entry.finished:
             return
-        self.metrics.handler_timeouts.inc()
         self._timeouts += 1
         self._latest = f"a batch of {entry.count} took more than {self.timeout}s"
         self._problem()
+        self._expire(entry)
+
+    def _expire(self, entry: PendingBatch) -> None:
+        """
+        Give C{entry} result 2 now, counted as a timeout, and cancel the
+        handler's Deferred for it.
+        """
+        self.metrics.handler_timeouts.inc()
         deferred = entry.deferred
         self._finish(entry, bytes((RESULT_TIMEOUT,)) * entry.count)
         if deferred is not None:
@@ -258,6 +270,7 @@ class HandlerRunner:
         if timer is not None and timer.active():
             timer.cancel()
         entry.deferred = None
+        self._atHandler.pop(entry, None)
         entry.results = results
         entry.acks = encodeAcks(entry.ids, results)
         entry.ids = []
@@ -307,20 +320,28 @@ class HandlerRunner:
             d.callback(None)
         return d
 
-    def giveUp(self) -> None:
+    def giveUp(self) -> tuple[int, int]:
         """
-        The grace period is over: stop waiting for the handler.
+        The grace period is over: every batch still at the handler gets
+        result 2 now (counted as a timeout; its acks are written at once,
+        its Deferred cancelled), and L{whenIdle} fires.  Returns how many
+        batches and Submits that was, for the shutdown's log line.
         """
+        abandoned = list(self._atHandler)
+        for entry in abandoned:
+            if not entry.finished:
+                self._expire(entry)
         waiters, self._idleWaiters = self._idleWaiters, []
         for waiter in waiters:
             waiter.callback(None)
+        return len(abandoned), sum(entry.count for entry in abandoned)
 
     # Logging, at a bounded rate
 
     def _problem(self) -> None:
         now = float(self.reactor.seconds())
         last = self._lastLog
-        if last is None or now - last >= self.problemLogInterval:
+        if self._stopped or last is None or now - last >= self.problemLogInterval:
             self._logProblems(now)
         elif self._logCall is None:
             self._logCall = self.reactor.callLater(
@@ -345,9 +366,23 @@ class HandlerRunner:
         self._lastLog = now
 
     def stop(self) -> None:
+        """
+        At the end of a shutdown, once no batch is at the handler: no timer
+        of the runner's is left in the reactor.  Problems counted and not
+        yet logged are logged now, not lost.
+        """
+        self._stopped = True
+        for entry in list(self._atHandler):
+            # None after a graceful stop or giveUp; a batch handed over
+            # without either must not keep its timer.
+            timer, entry.timer = entry.timer, None
+            if timer is not None and timer.active():
+                timer.cancel()
         if self._logCall is not None and self._logCall.active():
             self._logCall.cancel()
         self._logCall = None
+        if self._errors or self._timeouts:
+            self._logProblems(float(self.reactor.seconds()))
 
 
 class HandlerServerProtocol(TcpDemoServerProtocol):
@@ -588,10 +623,6 @@ class HandlerServerFactory(TcpDemoServerFactory):
     def nextConnectionNumber(self) -> int:
         self._connectionNumber += 1
         return self._connectionNumber
-
-    def stopFactory(self) -> None:
-        self.runner.stop()
-        TcpDemoServerFactory.stopFactory(self)
 
 
 __all__ = [

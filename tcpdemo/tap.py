@@ -186,7 +186,8 @@ class Options(usage.Options):
             "grace-period",
             None,
             DEFAULT_GRACE_PERIOD,
-            "On stop, seconds to deliver owed acks before closing connections hard.",
+            "On stop, seconds to deliver owed acks and stop the handler before "
+            "closing connections hard and exiting.",
             nonNegativeFloat,
         ],
         [
@@ -459,38 +460,60 @@ class TcpDemoService(MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         # Stop accepting first, then answer what was received (the handler's
-        # work included), then close, then stop the handler.
+        # work included), then close, then stop the handler: all of it within
+        # the grace period, whatever the handler does.
+        deadline = self.reactor.seconds() + self.gracePeriod
         yield self.server.stopService()
         runner = self.handlerRunner
         drained = self.factory.drainAll()
         if runner is not None:
             # Batches of connections that closed meanwhile are waited for too.
             drained = defer.gatherResults([drained, runner.whenIdle()]).addCallback(lambda _: None)
-        timedOut = []
+        abandoned: list[str] = []
+        ranOut: list[bool] = []
 
         def tooSlow() -> None:
-            timedOut.append(True)
-            self.factory.abortAll()
+            ranOut.append(True)
             if runner is not None:
-                runner.giveUp()
+                batches, submits = runner.giveUp()
+                if batches:
+                    abandoned.append(
+                        f"{batches} batch(es) of {submits} Submit(s) at the handler "
+                        "(acked with result 2)"
+                    )
+            connections = len(self.factory.connections)
+            if connections:
+                abandoned.append(f"{connections} connection(s) closed hard")
+            self.factory.abortAll()
 
-        timer = self.reactor.callLater(self.gracePeriod, tooSlow)
+        timer = self.reactor.callLater(max(0.0, deadline - self.reactor.seconds()), tooSlow)
         yield drained
         if timer.active():
             timer.cancel()
-        self.drainedCleanly = not timedOut
-        if timedOut:
-            self.log.warn(
-                "grace period of {seconds}s ran out: closed remaining connections hard",
-                seconds=self.gracePeriod,
-            )
+        self.drainedCleanly = not ranOut
         if runner is not None and self._handlerStarted:
             self._handlerStarted = False
             try:
-                yield runner.handler.stopHandler()
+                stopped = yield waitAtMost(
+                    self.reactor,
+                    max(0.0, deadline - self.reactor.seconds()),
+                    defer.maybeDeferred(runner.handler.stopHandler),
+                )
             except Exception:
                 self.drainedCleanly = False
                 self.log.failure("the handler's stopHandler failed")
+            else:
+                if not stopped:
+                    self.drainedCleanly = False
+                    abandoned.append(f"the stopHandler of --handler {self._handlerName()}")
+        if runner is not None:
+            runner.stop()
+        if abandoned or ranOut:
+            self.log.warn(
+                "stopped hard: the grace period of {seconds}s ran out; abandoned: {what}",
+                seconds=self.gracePeriod,
+                what="; ".join(abandoned) or "nothing outstanding",
+            )
         if self.drainedCleanly:
             # twistd re-raises the stopping signal at exit, so a clean,
             # complete stop would report "killed by SIGTERM"; every owed ack
@@ -498,6 +521,31 @@ class TcpDemoService(MultiService):
             # signal status, telling supervisors that acks may be lost.
             clearExitSignal(self.reactor)
         yield MultiService.stopService(self)
+
+
+def waitAtMost(reactor: Any, seconds: float, work: defer.Deferred[Any]) -> defer.Deferred[bool]:
+    """
+    Fires C{True} once C{work} has, or C{False} after C{seconds} if it has
+    not: a stop hook that hangs must not hang the stop.  C{work}'s failure
+    in time is this Deferred's failure; whatever it does later is ignored.
+    C{work} is not cancelled: a hook without a canceller would fail with
+    CancelledError and then fire again when its own work ends.
+    """
+    outcome: defer.Deferred[bool] = defer.Deferred()
+
+    def finished(result: object) -> None:
+        if timer.active():
+            timer.cancel()
+        if not outcome.called:
+            if isinstance(result, Failure):
+                outcome.errback(result)
+            else:
+                outcome.callback(True)
+        # Returning None: a failure after the deadline is not "unhandled".
+
+    timer = reactor.callLater(seconds, outcome.callback, False)
+    work.addBoth(finished)
+    return outcome
 
 
 def makeHandler(options: Options, reactor: Any) -> ISubmitHandler:

@@ -125,8 +125,12 @@ class DelayHandler:
 @implementer(ISubmitHandler)
 class NeverHandler:
     """
-    A hung backend: its Deferreds never fire (unless cancelled).
+    A hung backend: its Deferreds never fire (unless cancelled).  With
+    C{hangOnStop}, its stopHandler's Deferred never fires either.
     """
+
+    def __init__(self, hangOnStop: bool = False) -> None:
+        self.hangOnStop = hangOnStop
 
     def startHandler(self) -> None:
         pass
@@ -134,8 +138,8 @@ class NeverHandler:
     def handle(self, batch: SubmitBatch) -> Deferred[Results]:
         return Deferred()
 
-    def stopHandler(self) -> None:
-        pass
+    def stopHandler(self) -> Deferred[None] | None:
+        return Deferred() if self.hangOnStop else None
 
 
 @implementer(ISubmitHandler)
@@ -153,7 +157,8 @@ class FailingStartHandler:
 @implementer(IPlugin, IHandlerMaker)
 class TestMaker:
     """
-    C{test-delay:SECONDS}, C{test-never}, C{test-failstart}.
+    C{test-delay:SECONDS}, C{test-never}, C{test-hang} (C{test-never}
+    whose stopHandler never ends either), C{test-failstart}.
     """
 
     def __init__(self, name: str) -> None:
@@ -168,6 +173,8 @@ class TestMaker:
                 raise HandlerArgumentError("test-delay needs SECONDS") from None
         if self.name == "test-never":
             return NeverHandler()
+        if self.name == "test-hang":
+            return NeverHandler(hangOnStop=True)
         return FailingStartHandler()
 
 
@@ -176,6 +183,7 @@ from tests.handlerkit import TestMaker
 
 delay = TestMaker("test-delay")
 never = TestMaker("test-never")
+hang = TestMaker("test-hang")
 failstart = TestMaker("test-failstart")
 """
 

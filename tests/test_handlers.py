@@ -367,16 +367,123 @@ class ShutdownTests(HandlerTestCase):
         self.assertTrue(handler.stopped)
         self.assertTrue(svc.drainedCleanly)
 
+    def serviceEvents(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        self.patch(tap.TcpDemoService, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        return events
+
+    def runnerCalls(self, svc: tap.TcpDemoService) -> list[Any]:
+        """
+        The reactor's delayed calls that belong to the handler runner.
+        """
+        runner = svc.handlerRunner
+        assert runner is not None
+        mine = (runner._timedOut, runner._logLater)
+        return [call for call in reactor.getDelayedCalls() if call.func in mine]
+
+    def leftoverCalls(self) -> list[Any]:
+        """
+        The reactor's delayed calls but trial's own timeout for the test.
+        """
+        return [
+            call
+            for call in reactor.getDelayedCalls()
+            if not getattr(call.func, "__qualname__", "").startswith("TestCase._run")
+        ]
+
     async def test_gracePeriodEnds(self) -> None:
+        """
+        Batches still at the handler when the grace period ends get result
+        2 (counted as timeouts), the connection is closed, the handler is
+        stopped, one line says what was abandoned, and none of the runner's
+        timers (the 30 s --handler-timeout's) outlive the stop.
+        """
+        handler = ManualHandler()
+        svc = self.startService(handler, "--grace-period", "0.3")
+        events = self.serviceEvents()
+        client = await self.connect(svc)
+        client.send(submitFrames(range(1, 11), b"x"))
+        await waitUntil(lambda: handler.handed == 10)
+        self.assertEqual(len(self.runnerCalls(svc)), 1)
+        await svc.stopService()
+        self.assertEqual(await client.closed, ackFrames(range(1, 11), 2))
+        self.assertFalse(svc.drainedCleanly)
+        self.assertTrue(handler.stopped)
+        self.assertEqual(handler.cancelled, 1)
+        self.assertEqual(self.leftoverCalls(), [])
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_timeouts_total"), 1)
+        self.assertEqual(self.sample(svc, "tcpdemo_acks_total", result="2"), 10)
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(
+            lines,
+            [
+                "stopped hard: the grace period of 0.3s ran out; abandoned: 1 batch(es) of "
+                "10 Submit(s) at the handler (acked with result 2); 1 connection(s) closed hard"
+            ],
+        )
+
+    async def test_gracePeriodEndsWithoutATimeout(self) -> None:
+        """
+        With --handler-timeout 0 (no limit) too, the grace period ends the
+        wait: result 2 for the batch, and no timer was ever made.
+        """
         handler = ManualHandler()
         svc = self.startService(handler, "--grace-period", "0.3", "--handler-timeout", "0")
         client = await self.connect(svc)
         client.send(submitFrames(range(1, 11), b"x"))
         await waitUntil(lambda: handler.handed == 10)
+        self.assertEqual(self.runnerCalls(svc), [])
         await svc.stopService()
-        self.assertEqual(await client.closed, b"")
+        self.assertEqual(await client.closed, ackFrames(range(1, 11), 2))
         self.assertFalse(svc.drainedCleanly)
         self.assertTrue(handler.stopped)
+
+    async def test_stopHandlerThatHangs(self) -> None:
+        """
+        A stopHandler whose Deferred never fires is abandoned when the grace
+        period ends: the stop finishes, not cleanly, saying so in one line;
+        every ack had gone out before.
+        """
+        handler = ManualHandler()
+        handler.stopHandler = lambda: defer.Deferred()  # type: ignore[method-assign,assignment,return-value]
+        svc = self.startService(handler, "--grace-period", "0.5")
+        events = self.serviceEvents()
+        client = await self.connect(svc)
+        client.send(submitFrames(range(1, 6), b"x"))
+        await waitUntil(lambda: handler.handed == 5)
+        handler.batches[0][1].callback(bytes(5))
+        await waitUntil(lambda: len(client.received) >= 5 * 14)
+        started = reactor.seconds()
+        await svc.stopService()
+        elapsed = reactor.seconds() - started
+        self.assertGreaterEqual(elapsed, 0.4)
+        self.assertLess(elapsed, 2.0)
+        self.assertEqual(await client.closed, ackFrames(range(1, 6)))
+        self.assertFalse(svc.drainedCleanly)
+        self.assertEqual(self.leftoverCalls(), [])
+        self.assertEqual(
+            [formatEvent(e) for e in events],
+            [
+                "stopped hard: the grace period of 0.5s ran out; abandoned: the stopHandler "
+                "of --handler ack"
+            ],
+        )
+
+    async def test_stopHandlerFailing(self) -> None:
+        """
+        A stopHandler that fails in time: logged, the stop is not clean,
+        and nothing is said to be abandoned.
+        """
+        handler = ManualHandler()
+        handler.stopHandler = lambda: defer.fail(RuntimeError("close failed"))  # type: ignore[method-assign,assignment,return-value]
+        svc = self.startService(handler, "--grace-period", "5")
+        events = self.serviceEvents()
+        await svc.stopService()
+        self.assertFalse(svc.drainedCleanly)
+        failures = [e["log_failure"] for e in events if "log_failure" in e]
+        self.assertEqual([f.getErrorMessage() for f in failures], ["close failed"])
+        self.assertEqual([e for e in events if e["log_level"].name == "warn"], [])
 
 
 class SlowStartTests(HandlerTestCase):

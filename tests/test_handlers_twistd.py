@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -75,6 +76,39 @@ class HandlerTwistdTests(TestCase):
         self.assertEqual(status, 0, server.log())
         log = server.log()
         self.assertIn("test handler stopped after", log)
+
+    def test_sigtermWithAHungHandler(self) -> None:
+        """
+        SIGTERM with a handler that never answers and whose stopHandler never
+        fires: the Submits at the handler are acked with result 2 when the
+        grace period ends, one log line names what was abandoned, and twistd
+        exits within the grace period with SIGTERM's status.
+        """
+        grace = 2.0
+        server = self.server("test-hang", "--grace-period", str(grace))
+        sock = server.connect()
+        sock.sendall(submits(100))
+        waitFor(
+            lambda: metric(server.scrape(), "tcpdemo_handler_pending") == 100,
+            what="100 Submits at the handler",
+        )
+        started = time.monotonic()
+        status = server.terminate(timeout=grace + 20)
+        elapsed = time.monotonic() - started
+        self.assertEqual(status, -signal.SIGTERM, server.log())
+        self.assertGreaterEqual(elapsed, grace - 0.1)
+        # The grace period, and twistd's own stop after it (a loaded
+        # machine's margin): not the 30 s --handler-timeout, nor forever.
+        self.assertLess(elapsed, grace + 3.0, server.log())
+        self.assertEqual(recvUntilClosed(sock), acks(100, 2))
+        lines = [line for line in server.log().splitlines() if "abandoned" in line]
+        self.assertEqual(len(lines), 1, server.log())
+        self.assertRegex(
+            lines[0],
+            r"stopped hard: the grace period of 2.0s ran out; abandoned: \d+ batch\(es\) of "
+            r"100 Submit\(s\) at the handler \(acked with result 2\); 1 connection\(s\) "
+            r"closed hard; the stopHandler of --handler test-hang$",
+        )
 
     def test_failedStartIsOneLine(self) -> None:
         """

@@ -140,7 +140,7 @@ class ISubmitHandler(Interface):
         """
         Close resources.  Called once every batch handed over has been
         answered (or the grace period is over); a graceful shutdown waits
-        for its Deferred.
+        for its Deferred until the grace period ends, then exits without it.
         """
 
 
