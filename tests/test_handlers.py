@@ -5,6 +5,8 @@ server in this process so that the tests hold the handler's Deferreds.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -30,6 +32,21 @@ from .support import (
     submitFrames,
     waitUntil,
 )
+
+
+async def answerEveryBatch(
+    handler: ManualHandler, done: Callable[[], bool], pause: float = 0.005, timeout: float = 60.0
+) -> None:
+    """
+    Answer (result 0) every batch C{handler} is handed, as they come, until
+    C{done()}; fail after C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not done after answering every batch for {timeout}s")
+        handler.answerNew()
+        await sleep(pause)
 
 
 class HandlerTestCase(TestCase):
@@ -247,13 +264,7 @@ class BoundTests(HandlerTestCase):
         await sleep(0.3)
         self.assertEqual(handler.handed, held, "reading did not stop")
         self.assertEqual(self.sample(svc, "tcpdemo_bytes_received_total"), received)
-        answered = 0
-        while len(client.received) < 14 * count:
-            batches = handler.batches[answered:]
-            answered += len(batches)
-            for batch, d in batches:
-                d.callback(bytes(batch.count))
-            await sleep(0.001)
+        await answerEveryBatch(handler, lambda: len(client.received) >= 14 * count, 0.001)
         self.assertEqual(client.data, ackFrames(range(count)))
         self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
 
@@ -302,13 +313,10 @@ class BoundTests(HandlerTestCase):
         self.assertEqual(handler.handed, held, "reading did not stop")
         self.assertLess(held, 20_000)
         self.assertLess(self.sample(svc, "tcpdemo_bytes_received_total"), len(data))
-        answered = 0
-        while len(first.received) < 14 * count or len(second.received) < 14 * count:
-            batches = handler.batches[answered:]
-            answered += len(batches)
-            for batch, d in batches:
-                d.callback(bytes(batch.count))
-            await sleep(0.005)
+        await answerEveryBatch(
+            handler,
+            lambda: len(first.received) >= 14 * count and len(second.received) >= 14 * count,
+        )
         self.assertEqual(first.data, ackFrames(range(count)))
         self.assertEqual(second.data, ackFrames(range(count)))
 
@@ -332,13 +340,7 @@ class BoundTests(HandlerTestCase):
         # The bound is checked after each read: one 64 KiB read past it.
         self.assertLess(held, (100_000 + 65536) // 50_000 + 2)
         self.assertLess(self.sample(svc, "tcpdemo_bytes_received_total"), len(data) // 2)
-        answered = 0
-        while len(client.received) < 14 * count:
-            batches = handler.batches[answered:]
-            answered += len(batches)
-            for batch, d in batches:
-                d.callback(bytes(batch.count))
-            await sleep(0.005)
+        await answerEveryBatch(handler, lambda: len(client.received) >= 14 * count)
         self.assertEqual(client.data, ackFrames(range(count)))
         self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
 
