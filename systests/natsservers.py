@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -17,22 +16,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 
-from tests.support import LOOPBACK, REPO_ROOT, freePort, waitFor
+from tests.support import LOOPBACK, REPO_ROOT, freePort, requireBinary, waitFor
 
 CLUSTER_NAME = "tcpdemo-test"
 DEPLOY_DIR = os.path.join(REPO_ROOT, "deploy", "nats")
-
-
-def natsServerPath() -> str:
-    path = shutil.which("nats-server") or (
-        "/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK) else None
-    )
-    if path is None:
-        raise AssertionError(
-            "nats-server is not installed: install Debian's nats-server package "
-            "(apt-get install nats-server), as scripts/test does"
-        )
-    return path
 
 
 class NatsServer:
@@ -59,9 +46,9 @@ class NatsServer:
 
     def command(self) -> list[str]:
         if self.configPath is not None:
-            return [natsServerPath(), "-c", self.configPath]
+            return [requireBinary("nats-server"), "-c", self.configPath]
         args = [
-            natsServerPath(),
+            requireBinary("nats-server"),
             "-js",
             "-sd",
             self.storeDir,

@@ -29,11 +29,12 @@ from tests.support import (
     metric,
     recvExactly,
     runLoadClient,
+    startHaproxy,
     subprocessEnv,
     twistdCommand,
     waitFor,
 )
-from tests.test_haproxy import haproxyPath, loopbackConfig
+from tests.test_haproxy import loopbackConfig
 
 from .natsservers import NatsCluster
 
@@ -315,31 +316,10 @@ class JetStreamTwistdTests(SynchronousTestCase):
             self.assertEqual(sorted(ids), list(range(1, len(ids) + 1)), peer)
 
     def startHAProxy(self, ports: list[int]) -> int:
-        from tests.support import freePort
-
         front, stats = freePort(), freePort()
         with open(os.path.join(REPO_ROOT, "deploy", "haproxy.cfg")) as f:
             config = loopbackConfig(f.read(), front, stats, ports)
-        directory = self.workdir()
-        path = os.path.join(directory, "haproxy.cfg")
-        with open(path, "w") as f:
-            f.write(config)
-        log = open(os.path.join(directory, "haproxy.log"), "wb")
-        self.addCleanup(log.close)
-        process = subprocess.Popen(
-            [haproxyPath(), "-f", path, "-db"],
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def stop() -> None:
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
-
-        self.addCleanup(stop)
+        startHaproxy(self, self.workdir(), config)
 
         def bothUp() -> bool:
             import urllib.request

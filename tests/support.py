@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+import unittest
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -531,3 +533,59 @@ def runLoadClient(port: int, *args: str, timeout: float = 120.0) -> tuple[int, d
             f"stderr:\n{result.stderr.decode(errors='replace')}"
         ) from e
     return result.returncode, report
+
+
+# External binaries: installed by scripts/test from Debian packages; a
+# missing one fails the test that needs it, never skips it.
+
+
+def requireBinary(name: str, package: str | None = None) -> str:
+    """
+    The path of the program C{name} (on C{PATH}, or in C{/usr/sbin} or
+    C{/usr/bin}, which a user's C{PATH} may lack); if it is missing, fail
+    the test, saying which Debian C{package} ships it (C{name} by default).
+    """
+    from twisted.trial.unittest import FailTest
+
+    path = shutil.which(name)
+    for directory in ("/usr/sbin", "/usr/bin"):
+        candidate = os.path.join(directory, name)
+        if path is None and os.access(candidate, os.X_OK):
+            path = candidate
+    if path is None:
+        package = package or name
+        raise FailTest(
+            f"{name} is not installed: install Debian's {package} package "
+            f"(apt-get install {package}), as scripts/test does"
+        )
+    return path
+
+
+def startHaproxy(
+    testCase: unittest.TestCase, directory: str, config: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """
+    Run C{haproxy -db} (in the foreground) on C{config}, written to
+    C{directory}/haproxy.cfg, its output in C{directory}/haproxy.log; it is
+    killed when C{testCase} ends.  Returns the process and the log's path.
+    """
+    path = os.path.join(directory, "haproxy.cfg")
+    with open(path, "w") as f:
+        f.write(config)
+    logPath = os.path.join(directory, "haproxy.log")
+    with open(logPath, "wb") as log:
+        process = subprocess.Popen(
+            [requireBinary("haproxy"), "-f", path, "-db"],
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+
+    testCase.addCleanup(stop)
+    return process, logPath

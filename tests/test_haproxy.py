@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import urllib.request
 
@@ -28,25 +27,11 @@ from .support import (
     freePort,
     metric,
     runLoadClient,
+    startHaproxy,
     waitFor,
 )
 
 CONFIG = os.path.join(REPO_ROOT, "deploy", "haproxy.cfg")
-
-
-def haproxyPath() -> str:
-    """
-    The haproxy binary; its absence fails the test (never skips it).
-    """
-    path = shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if os.access("/usr/sbin/haproxy", os.X_OK) else None
-    )
-    if path is None:
-        raise AssertionError(
-            "haproxy is not installed: install Debian's haproxy package "
-            "(apt-get install haproxy), as .ci/run does"
-        )
-    return path
 
 
 def loopbackConfig(text: str, front: int, stats: int, servers: list[int]) -> str:
@@ -83,30 +68,8 @@ class HAProxyTests(SynchronousTestCase):
         front, stats = freePort(), freePort()
         with open(CONFIG) as f:
             config = loopbackConfig(f.read(), front, stats, [s.port for s in servers])
-        directory = self.workdir()
-        path = os.path.join(directory, "haproxy.cfg")
-        with open(path, "w") as f:
-            f.write(config)
-        logPath = os.path.join(directory, "haproxy.log")
-        log = open(logPath, "wb")
-        self.addCleanup(log.close)
-        process = subprocess.Popen(
-            [haproxyPath(), "-f", path, "-db"],
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def stop() -> None:
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
-
-        self.addCleanup(stop)
-        self.haproxy = process
-        self.haproxyLog = logPath
-        return front, stats, logPath
+        self.haproxy, self.haproxyLog = startHaproxy(self, self.workdir(), config)
+        return front, stats, self.haproxyLog
 
     def haproxyMetrics(self, port: int) -> dict[str, float]:
         url = f"http://{LOOPBACK}:{port}/metrics"

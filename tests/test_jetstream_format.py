@@ -27,8 +27,7 @@ from tcpdemo.handlers.jetstream import (
     parseSpec,
 )
 
-from .support import REPO_ROOT, submitFrame
-from .test_monitor import requireBinary
+from .support import REPO_ROOT, requireBinary, submitFrame
 
 
 class SpecTests(SynchronousTestCase):
@@ -128,7 +127,7 @@ class DeployTests(TestCase):
         deploy/prometheus-jetstream.yml, and the rules it loads, are valid;
         it scrapes the NATS nodes' health and the exporter's job is there.
         """
-        promtool = requireBinary(self, "promtool")
+        promtool = requireBinary("promtool", package="prometheus")
         path = os.path.join(REPO_ROOT, "deploy", "prometheus-jetstream.yml")
         result = subprocess.run(
             [promtool, "check", "config", path],

@@ -19,7 +19,6 @@ import fnmatch
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -32,15 +31,18 @@ from typing import Any, Callable
 import yaml
 from twisted.trial import unittest
 
-from tests.support import LOOPBACK, REPO_ROOT, TwistdServer, freePort, subprocessEnv, waitFor
+from tests.support import (
+    LOOPBACK,
+    REPO_ROOT,
+    TwistdServer,
+    freePort,
+    requireBinary,
+    subprocessEnv,
+    waitFor,
+)
 
 MONITOR = os.path.join(REPO_ROOT, "monitor")
 DASHBOARD = os.path.join(MONITOR, "grafana", "dashboards", "tcpdemo.json")
-
-INSTALL_HINT = (
-    "not found on PATH: install Debian's prometheus package "
-    "(apt-get install prometheus), which ships both prometheus and promtool"
-)
 
 #: The seed article's three panels, with its expressions (metric names
 #: renamed to tcpdemo's).
@@ -197,18 +199,6 @@ def checkQueries(
 # --- Prometheus --------------------------------------------------------------
 
 
-def requireBinary(testCase: unittest.TestCase, name: str) -> str:
-    """
-    The path of C{name}, or fail (never skip) the test.
-    """
-    path = shutil.which(name) or (
-        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
-    )
-    if path is None:
-        testCase.fail(f"{name} {INSTALL_HINT}")
-    return path
-
-
 def testPrometheusConfig(
     source: dict[str, Any], prometheusAddress: str, tcpdemoAddress: str
 ) -> tuple[dict[str, Any], list[str]]:
@@ -288,7 +278,7 @@ class LiveStack:
     def __init__(self, testCase: unittest.TestCase, workdir: str, serverArgs: Sequence[str] = ()):
         self.testCase = testCase
         self.workdir = workdir
-        prometheus = requireBinary(testCase, "prometheus")
+        prometheus = requireBinary("prometheus")
         self.server = TwistdServer(workdir, serverArgs)
         testCase.addCleanup(self.stopServer)
         self.promPort = freePort()
@@ -556,7 +546,7 @@ class PromtoolTests(unittest.TestCase):
     """
 
     def promtool(self, *args: str) -> str:
-        promtool = requireBinary(self, "promtool")
+        promtool = requireBinary("promtool", package="prometheus")
         process = subprocess.run(
             [promtool, *args],
             cwd=MONITOR,
