@@ -22,6 +22,7 @@ from tcpdemo.endpoints import (
     parseDescription,
     withBacklog,
 )
+from tcpdemo.exitwatch import armExitWatchdog
 from tcpdemo.frame import DEFAULT_MAX_FRAME_LENGTH, MIN_FRAME_LENGTH
 from tcpdemo.handlers import HandlerArgumentError, ISubmitHandler, findMaker
 from tcpdemo.handlers.ack import AckHandler
@@ -357,6 +358,8 @@ class TcpDemoService(MultiService):
         self._handlerStarting: defer.Deferred[Any] | None = None
         #: Whether the handler's start failed after the reactor ran.
         self.startFailed = False
+        #: The reactor trigger that arms the exit watchdog at shutdown.
+        self._exitWatch: Any = None
         if listener is None:
             if port is None:
                 raise ValueError("a port or a listener is needed")
@@ -402,6 +405,14 @@ class TcpDemoService(MultiService):
             MultiService.privilegedStartService(self)
 
     def startService(self) -> None:
+        if self._exitWatch is None:
+            # Fires only when the reactor stops (twistd's SIGTERM, a
+            # worker's stop): a service stopped in a running process (the
+            # in-process tests) arms nothing.  Registered before twistd's
+            # own stopService trigger, so it fires first.
+            self._exitWatch = self.reactor.addSystemEventTrigger(
+                "before", "shutdown", self._armExitWatchdog
+            )
         self._startHandler()
         starting = self._handlerStarting
         if starting is None:
@@ -456,6 +467,10 @@ class TcpDemoService(MultiService):
         self.startFailed = True
         if self.running:
             self.reactor.stop()
+
+    def _armExitWatchdog(self) -> None:
+        self._exitWatch = None
+        armExitWatchdog(self.gracePeriod)
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -520,6 +535,10 @@ class TcpDemoService(MultiService):
             # was delivered, so let it exit 0.  A forced stop keeps the
             # signal status, telling supervisors that acks may be lost.
             clearExitSignal(self.reactor)
+        if self._exitWatch is not None:
+            # Stopped while the reactor runs on: no exit to watch.
+            self.reactor.removeSystemEventTrigger(self._exitWatch)
+            self._exitWatch = None
         yield MultiService.stopService(self)
 
 

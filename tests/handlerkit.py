@@ -6,6 +6,7 @@ and ones a child twistd finds as plugins (L{pluginPath}).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -153,6 +154,28 @@ class NeverHandler:
 
 
 @implementer(ISubmitHandler)
+class ThreadHangHandler:
+    """
+    A backend that hangs in Twisted's thread pool (C{deferToThread}), which
+    the reactor joins as it shuts down: the exit itself would hang.
+    """
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def startHandler(self) -> None:
+        pass
+
+    def handle(self, batch: SubmitBatch) -> Deferred[Results]:
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(self.release.wait, 3600.0).addCallback(lambda _: bytes(batch.count))
+
+    def stopHandler(self) -> None:
+        pass
+
+
+@implementer(ISubmitHandler)
 class FailingStartHandler:
     def startHandler(self) -> None:
         raise RuntimeError("the backend is unreachable")
@@ -168,7 +191,8 @@ class FailingStartHandler:
 class TestMaker:
     """
     C{test-delay:SECONDS}, C{test-never}, C{test-hang} (C{test-never}
-    whose stopHandler never ends either), C{test-failstart}.
+    whose stopHandler never ends either), C{test-threadhang} (hangs in
+    Twisted's thread pool), C{test-failstart}.
     """
 
     def __init__(self, name: str) -> None:
@@ -185,6 +209,8 @@ class TestMaker:
             return NeverHandler()
         if self.name == "test-hang":
             return NeverHandler(hangOnStop=True)
+        if self.name == "test-threadhang":
+            return ThreadHangHandler()
         return FailingStartHandler()
 
 
@@ -194,6 +220,7 @@ from tests.handlerkit import TestMaker
 delay = TestMaker("test-delay")
 never = TestMaker("test-never")
 hang = TestMaker("test-hang")
+threadhang = TestMaker("test-threadhang")
 failstart = TestMaker("test-failstart")
 """
 

@@ -487,6 +487,23 @@ class ShutdownTests(HandlerTestCase):
         self.assertEqual([f.getErrorMessage() for f in failures], ["close failed"])
         self.assertEqual([e for e in events if e["log_level"].name == "warn"], [])
 
+    async def test_noExitWatchdogWhileTheReactorRuns(self) -> None:
+        """
+        The exit watchdog is armed by the reactor's shutdown only: a service
+        stopped in a process that runs on removes its trigger, arming
+        nothing.
+        """
+        armed: list[float] = []
+        self.patch(tap, "armExitWatchdog", armed.append)
+        svc = self.startService(ManualHandler(), "--grace-period", "0.2")
+        trigger = svc._exitWatch
+        self.assertIsNotNone(trigger)
+        await svc.stopService()
+        self.assertIsNone(svc._exitWatch)
+        self.assertEqual(armed, [])
+        # Removed from the reactor: removing it again is an error.
+        self.assertRaises(ValueError, reactor.removeSystemEventTrigger, trigger)
+
 
 class SlowStartTests(HandlerTestCase):
     async def test_listensOnceStarted(self) -> None:

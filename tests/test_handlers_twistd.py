@@ -110,6 +110,41 @@ class HandlerTwistdTests(TestCase):
             r"closed hard; the stopHandler of --handler test-hang$",
         )
 
+    def test_sigtermWithAHandlerThreadThatHangs(self) -> None:
+        """
+        A handler stuck in Twisted's thread pool, which the reactor joins as
+        it shuts down: the stop itself ends in the grace period (result 2
+        for the batch), then the exit watchdog kills the process
+        EXIT_MARGIN seconds later, saying so in one line.
+        """
+        from tcpdemo.exitwatch import EXIT_MARGIN
+
+        grace = 1.0
+        server = self.server("test-threadhang", "--grace-period", str(grace))
+        sock = server.connect()
+        sock.sendall(submits(10))
+        waitFor(
+            lambda: metric(server.scrape(), "tcpdemo_handler_pending") == 10,
+            what="10 Submits at the handler",
+        )
+        started = time.monotonic()
+        status = server.terminate(timeout=grace + EXIT_MARGIN + 20)
+        elapsed = time.monotonic() - started
+        self.assertEqual(status, -signal.SIGKILL, server.log())
+        self.assertGreaterEqual(elapsed, grace + EXIT_MARGIN - 0.1)
+        self.assertLess(elapsed, grace + EXIT_MARGIN + 3.0, server.log())
+        self.assertEqual(recvUntilClosed(sock), acks(10, 2))
+        log = server.log()
+        self.assertEqual(log.count("abandoned: "), 1, log)
+        lines = [line for line in log.splitlines() if "blocks the exit" in line]
+        self.assertEqual(len(lines), 1, log)
+        self.assertIn(
+            f"still running {grace + EXIT_MARGIN}s after the stop began (--grace-period plus "
+            f"{EXIT_MARGIN}s): a handler's thread or stop hook blocks the exit; killing the "
+            "process (SIGKILL)",
+            lines[0],
+        )
+
     def test_failedStartIsOneLine(self) -> None:
         """
         A handler whose start fails ends start-up: nothing listens, twistd
