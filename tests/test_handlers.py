@@ -6,7 +6,7 @@ server in this process so that the tests hold the handler's Deferreds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -381,15 +381,17 @@ class ShutdownTests(HandlerTestCase):
         runner = svc.handlerRunner
         assert runner is not None
         mine = (runner._timedOut, runner._logLater)
-        return [call for call in reactor.getDelayedCalls() if call.func in mine]
+        calls: Sequence[Any] = reactor.getDelayedCalls()  # DelayedCalls, with .func
+        return [call for call in calls if call.func in mine]
 
     def leftoverCalls(self) -> list[Any]:
         """
         The reactor's delayed calls but trial's own timeout for the test.
         """
+        calls: Sequence[Any] = reactor.getDelayedCalls()  # DelayedCalls, with .func
         return [
             call
-            for call in reactor.getDelayedCalls()
+            for call in calls
             if not getattr(call.func, "__qualname__", "").startswith("TestCase._run")
         ]
 
@@ -448,7 +450,7 @@ class ShutdownTests(HandlerTestCase):
         every ack had gone out before.
         """
         handler = ManualHandler()
-        handler.stopHandler = lambda: defer.Deferred()  # type: ignore[method-assign,assignment,return-value]
+        handler.stopHandler = lambda: defer.Deferred()  # type: ignore[method-assign,assignment]
         svc = self.startService(handler, "--grace-period", "0.5")
         events = self.serviceEvents()
         client = await self.connect(svc)
@@ -478,7 +480,7 @@ class ShutdownTests(HandlerTestCase):
         and nothing is said to be abandoned.
         """
         handler = ManualHandler()
-        handler.stopHandler = lambda: defer.fail(RuntimeError("close failed"))  # type: ignore[method-assign,assignment,return-value]
+        handler.stopHandler = lambda: defer.fail(RuntimeError("close failed"))  # type: ignore[method-assign,assignment]
         svc = self.startService(handler, "--grace-period", "5")
         events = self.serviceEvents()
         await svc.stopService()
