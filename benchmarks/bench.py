@@ -6,7 +6,9 @@ The tcpdemo benchmark harness.
   python -m benchmarks.bench --profile         # profiles of every step under P
 
 Each server is a separate process (C{twistd -n tcpdemo}, a historical step
-through C{benchmarks/step_app.tac}, or a comparison peer), driven by
+through C{benchmarks/step_app.tac}, or a comparison peer: the asyncio peers,
+or the seed article's Go servers, go-demo3 and go-demo2, built from
+benchmarks/peers/go with C{go build} and pinned like the rest), driven by
 C{tcpdemo-client} running under PyPy so that the client is not the
 bottleneck.  The server's CPU seconds are read before and after each run
 (C{process_cpu_seconds_total} from its /metrics; /proc for the peers), its
@@ -53,6 +55,7 @@ from typing import Any, Callable
 from benchmarks import report, vectors
 from benchmarks.servers import (
     ALL_SERVERS,
+    GO_PEERS,
     HANDLERS,
     PEERS,
     PRODUCT,
@@ -170,6 +173,10 @@ KIND_SCENARIOS: dict[str, tuple[str, ...]] = {
     **{name: STEP_SCENARIOS for name in STEP_NAMES},
     **{name: ("P", "V", "R") for name in HANDLERS},
     "final-pure": ("P", "V", "OV"),
+    # The seed article's Go servers (issue 17's comparisons): demo3 with
+    # sync.Pool for the acks/s of V, demo2 for the p99 of the open loop.
+    "go-demo3": ("P", "V", "R", "OV", "OV20"),
+    "go-demo2": ("V", "OV20"),
 }
 
 
@@ -763,7 +770,8 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=names(ALL_SERVERS),
         default=None,
         help=f"servers to run, of {','.join(ALL_SERVERS)} [the steps, final "
-        "and the peers; the smoke run checks all of them with the "
+        "and the peers, the Go ones included (they need go: Debian's golang-go); "
+        "the smoke run checks all but the Go peers with the "
         "docs/protocol.md vectors and runs the scenarios against final]",
     )
     parser.add_argument(
@@ -771,7 +779,8 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
         type=names(tuple(SCENARIOS)),
         default=None,
         help="scenarios [P,R,O,C,V,OV,OV20; without this option the steps run "
-        "only P and R, sqlite P, V and R, final-pure P, V and OV]",
+        "only P and R, sqlite P, V and R, final-pure P, V and OV, go-demo3 P, V, R, "
+        "OV and OV20, go-demo2 V and OV20]",
     )
     parser.add_argument(
         "--runs",
@@ -841,7 +850,11 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
             list(STEP_NAMES) + [PRODUCT] + list(PEERS) + list(HANDLERS) + list(PRODUCT_ENVS)
         )
         if smoke:
+            # Not the Go peers: the smoke run must not need Go
+            # (systests/test_gopeer.py checks them where Go is installed).
             options.servers += list(PROPOSALS) + list(WORKERS)
+        else:
+            options.servers += list(GO_PEERS)
     if options.runs is None:
         options.runs = 1 if smoke else 3
     if options.duration is None:

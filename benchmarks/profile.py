@@ -27,6 +27,7 @@ from pathlib import Path
 
 from benchmarks.bench import RUNS, SCENARIOS, Bench, Scenario, log, warmUp
 from benchmarks.servers import (
+    GO_PEERS,
     PEERS,
     PRODUCT,
     WORKERS,
@@ -204,7 +205,7 @@ def main(options: argparse.Namespace) -> int:
     servers: dict[str, str] = {}
     for kind in options.servers:
         # Not the peers (no /debug), nor --workers (the parent serves none).
-        if kind not in PEERS and kind not in WORKERS:
+        if kind not in PEERS and kind not in GO_PEERS and kind not in WORKERS:
             servers[kind] = kind
     if not servers:
         servers[PRODUCT] = PRODUCT

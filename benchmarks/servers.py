@@ -5,15 +5,18 @@ Every server is a separate process on loopback, on a port the kernel picks
 (so that runs never collide with anything else on the machine): the
 product (C{twistd -n tcpdemo}, or with C{--workers N}), a historical step
 (C{twistd -n -y benchmarks/step_app.tac}) or a comparison peer
-(C{benchmarks/peers}).
+(C{benchmarks/peers}: the asyncio servers, and the Go servers of the seed
+article, built with C{go build} on first use, see L{goPeerBinary}).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +35,14 @@ PEERS = {
     "streams": "benchmarks.peers.asyncio_streams",
     "protocol": "benchmarks.peers.asyncio_protocol",
 }
+#: The Go servers of the seed article, reconstructed for benchmarking in
+#: benchmarks/peers/go (standard library only), by kind: their C{-variant}.
+#: "go-demo3" is tcp-server-demo3-with-syncpool, the article's last and
+#: fastest; "go-demo2" writes each ack straight to the socket, unbuffered.
+GO_PEERS: dict[str, str] = {"go-demo3": "demo3-syncpool", "go-demo2": "demo2"}
+GO_SOURCE = ROOT / "benchmarks" / "peers" / "go"
+#: Where L{goPeerBinary} builds them (gitignored).
+GO_CACHE = ROOT / "benchmarks" / ".cache" / "go"
 #: Experiments for the next step: the product with other options, by name
 #: (not run by default).  None now: the last one, "final-64k"
 #: (--write-buffer-limit 65536), became step6's 64 KiB reads; its figures
@@ -55,6 +66,7 @@ ALL_SERVERS = (
     STEP_NAMES
     + (PRODUCT,)
     + tuple(PEERS)
+    + tuple(GO_PEERS)
     + PROPOSALS
     + tuple(WORKERS)
     + tuple(HANDLERS)
@@ -132,7 +144,14 @@ class Server:
 
     @property
     def isTcpdemo(self) -> bool:
-        return self.kind not in PEERS
+        return not self.isPeer
+
+    @property
+    def isPeer(self) -> bool:
+        """
+        A comparison peer (asyncio or Go), not tcpdemo.
+        """
+        return self.kind in PEERS or self.kind in GO_PEERS
 
     @property
     def workerProcesses(self) -> int:
@@ -176,6 +195,16 @@ class Server:
         return self.process.pid
 
     def command(self) -> list[str]:
+        if self.kind in GO_PEERS:
+            return [
+                str(goPeerBinary()),
+                "-host",
+                LOOPBACK,
+                "-port",
+                "0",
+                "-variant",
+                GO_PEERS[self.kind],
+            ]
         if self.kind in PEERS:
             return [self.python, "-u", "-m", PEERS[self.kind], "--host", LOOPBACK, "--port", "0"]
         twistd = twistdCommand(self.python) + ["-n", "--pidfile="]
@@ -189,6 +218,8 @@ class Server:
         env.update(PRODUCT_ENVS.get(self.kind, {}))
         if self.kind in PEERS:
             env["PYTHONPATH"] = str(ROOT)
+        elif self.kind in GO_PEERS:
+            pass  # a static binary: nothing of Python's
         elif self.productOptions() is None:
             env["TCPDEMO_STEP"] = self.kind
             # The steps predate the compiled fast path (tcpdemo._scan): steps
@@ -209,9 +240,10 @@ class Server:
         """
         Start the process (several servers can start at once).
         """
+        command = self.command()
         self._log = open(self.logPath, "wb")
         self.process = subprocess.Popen(
-            pinned(self.command(), self.cpu),
+            pinned(command, self.cpu),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -236,7 +268,7 @@ class Server:
 
     def _parseLog(self) -> bool:
         text = self.logPath.read_text(errors="replace")
-        if self.kind in PEERS:
+        if self.isPeer:
             match = _PEER_LISTENING.search(text)
             if match:
                 self.port = int(match.group(1))
@@ -374,14 +406,78 @@ def procCpuSeconds(pid: int) -> float:
 
 def procRunDelaySeconds(pid: int) -> float:
     """
-    Seconds the process's threads spent runnable but waiting for a CPU
-    (the second field of /proc/PID/schedstat, main thread; 0 if unknown).
+    Seconds the process's threads spent runnable but waiting for a CPU (the
+    second field of /proc/PID/task/TID/schedstat, summed over its threads:
+    a Go server runs its goroutines on several; 0 if unknown).
     """
+    total = 0.0
     try:
-        with open(f"/proc/{pid}/schedstat") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
         return 0.0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def goPeerBinary(go: str | None = None) -> Path:
+    """
+    The Go peers' server (benchmarks/peers/go), built with C{go build} into
+    L{GO_CACHE} the first time it is wanted for this version of its sources
+    and of Go.  Standard library only: nothing is downloaded (C{GOPROXY=off}).
+    Raises L{BenchError} if there is no C{go} or the build fails.
+    """
+    exe = go or shutil.which("go")
+    if exe is None:
+        raise BenchError(
+            "go not found: the Go peers (" + ", ".join(GO_PEERS) + ") need a Go toolchain "
+            "(Debian: apt-get install golang-go); scripts/test installs it"
+        )
+    version = subprocess.run(
+        [exe, "version"], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+    digest = hashlib.sha256(version.encode())
+    for path in sorted(GO_SOURCE.rglob("*")):
+        if path.is_file() and (path.suffix == ".go" or path.name == "go.mod"):
+            digest.update(str(path.relative_to(GO_SOURCE)).encode() + b"\0" + path.read_bytes())
+    binary = GO_CACHE / f"server-{digest.hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    GO_CACHE.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.update(
+        {
+            "GOPROXY": "off",
+            "GOTOOLCHAIN": "local",
+            "GOFLAGS": "",
+            "CGO_ENABLED": "0",
+            "GOCACHE": str(GO_CACHE / "build-cache"),
+            "GOPATH": str(GO_CACHE / "gopath"),
+        }
+    )
+    # Built aside and renamed: two runs building at once both get a whole file.
+    partial = GO_CACHE / f".server-{os.getpid()}-{time.monotonic_ns()}"
+    result = subprocess.run(
+        [exe, "build", "-o", str(partial), "."],
+        cwd=str(GO_SOURCE),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if result.returncode != 0 or not partial.exists():
+        partial.unlink(missing_ok=True)
+        raise BenchError(f"go build of {GO_SOURCE} failed:\n{result.stdout}{result.stderr}")
+    os.replace(partial, binary)
+    for old in GO_CACHE.glob("server-*"):
+        if old != binary:
+            old.unlink(missing_ok=True)
+    return binary
 
 
 def procRssBytes(pid: int) -> int:
