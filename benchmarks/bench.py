@@ -10,7 +10,9 @@ through C{benchmarks/step_app.tac}, or a comparison peer: the asyncio peers,
 or the seed article's Go servers, go-demo3 and go-demo2, built from
 benchmarks/peers/go with C{go build} and pinned like the rest), driven by
 C{tcpdemo-client} running under PyPy so that the client is not the
-bottleneck.  The server's CPU seconds are read before and after each run
+bottleneck (or, with C{--client go}, by the Go generator of
+benchmarks/loadgen, whose sender does not pause: for latency tails).  The
+server's CPU seconds are read before and after each run
 (C{process_cpu_seconds_total} from its /metrics; /proc for the peers), its
 RSS from /proc.  With two or more CPUs the server is pinned to CPU 0 and the
 client to CPU 1 (C{--no-pin} to turn that off); the C{--workers N} servers
@@ -52,7 +54,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks import report, vectors
+from benchmarks import goclient, report, vectors
 from benchmarks.servers import (
     ALL_SERVERS,
     GO_PEERS,
@@ -320,6 +322,8 @@ def clientFigures(scenario: Scenario, result: dict[str, Any]) -> dict[str, Any]:
         "acks_per_s": result["throughput_acks_per_s"],
         "send_rate_per_s": result["send_rate_per_s"],
         "max_tick_gap_ms": result["max_tick_gap_ms"],
+        # Only the Go generator's: how late its sender wrote a Submit.
+        "max_send_lag_ms": result.get("max_send_lag_ms"),
         "client_cpu_percent": result["cpu_percent_of_one_core"],
         "p50_ms": latency["p50"] / 1000,
         "p99_ms": latency["p99"] / 1000,
@@ -431,6 +435,11 @@ class Bench:
             return interpreters.get("pypy") or pypyVenv(self.options.pypy)
         if choice == "current":
             return sys.executable
+        if choice == "go":
+            try:
+                return goclient.build()
+            except (goclient.GoMissing, subprocess.CalledProcessError) as e:
+                raise BenchError(f"cannot build the Go load generator: {e}") from None
         return choice
 
     def record(self, runtime: str, server: str, round_: int, figures: dict[str, Any]) -> None:
@@ -801,7 +810,9 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--client",
         default=None,
         help="python for the client: 'pypy' (the PyPy venv), 'current', "
-        "or a path [pypy; smoke: current]",
+        "or a path; or 'go': the Go load generator of benchmarks/loadgen "
+        "(built once with golang-go), which has no GC or JIT pauses of its "
+        "own [pypy; smoke: current]",
     )
     parser.add_argument("--cpython", default=None, help="CPython for the servers [this one]")
     parser.add_argument("--pypy", default="pypy3", help="PyPy to build the venv from [pypy3]")

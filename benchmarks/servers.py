@@ -26,6 +26,9 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from benchmarks.goclient import isLoadgen
+from benchmarks.goclient import version as loadgenVersion
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Server kinds: the product, the historical steps, the peers.
@@ -498,10 +501,9 @@ def clientCommand(
     rate: float | None = None,
     warmup: float = 0.0,
 ) -> list[str]:
-    command = [
-        python,
-        "-m",
-        "tcpdemo.client",
+    # The Go generator (bench --client go) takes the same options.
+    command = [python] if isLoadgen(python) else [python, "-m", "tcpdemo.client"]
+    command += [
         "--port",
         f"tcp:{LOOPBACK}:{port}",
         "--connections",
@@ -528,7 +530,7 @@ def clientCommand(
 
 class Client:
     """
-    One run of C{tcpdemo-client}, in the background; C{result()} waits for
+    One run of C{tcpdemo-client} (or the Go generator), in the background; C{result()} waits for
     its JSON report.
     """
 
@@ -570,6 +572,8 @@ class Client:
 
 
 def interpreterVersion(python: str) -> str:
+    if isLoadgen(python):
+        return loadgenVersion(python)
     return subprocess.run(
         [
             python,

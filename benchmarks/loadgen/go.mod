@@ -1,0 +1,3 @@
+module tcpdemo/loadgen
+
+go 1.19
