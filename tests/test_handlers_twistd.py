@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -58,18 +59,34 @@ class HandlerTwistdTests(TestCase):
         self.addCleanup(server.kill)
         return server
 
+    def holding(self, count: int, *args: str) -> tuple[TwistdServer, socket.socket]:
+        """
+        A server (C{--handler} C{args}) and a client whose C{count} Submits
+        are all at the handler.
+        """
+        server = self.server(*args)
+        sock = server.connect()
+        sock.sendall(submits(count))
+        waitFor(
+            lambda: metric(server.scrape(), "tcpdemo_handler_pending") == count,
+            what=f"{count} Submits at the handler",
+        )
+        return server, sock
+
+    def timedTerminate(self, server: TwistdServer, timeout: float) -> tuple[int, float]:
+        """
+        SIGTERM; the exit status and the seconds until the exit.
+        """
+        started = time.monotonic()
+        status = server.terminate(timeout=timeout)
+        return status, time.monotonic() - started
+
     def test_sigtermDrainsHandlerWork(self) -> None:
         """
         SIGTERM while the handler holds every batch for a second: the acks
         still all arrive, then the handler is stopped, and twistd exits 0.
         """
-        server = self.server("test-delay:1.5")
-        sock = server.connect()
-        sock.sendall(submits(2000))
-        waitFor(
-            lambda: metric(server.scrape(), "tcpdemo_handler_pending") == 2000,
-            what="2000 Submits at the handler",
-        )
+        server, sock = self.holding(2000, "test-delay:1.5")
         self.assertEqual(metric(server.scrape(), "tcpdemo_rsp_send_total"), 0)
         status = server.terminate()
         self.assertEqual(recvUntilClosed(sock), acks(2000))
@@ -85,16 +102,8 @@ class HandlerTwistdTests(TestCase):
         exits within the grace period with SIGTERM's status.
         """
         grace = 2.0
-        server = self.server("test-hang", "--grace-period", str(grace))
-        sock = server.connect()
-        sock.sendall(submits(100))
-        waitFor(
-            lambda: metric(server.scrape(), "tcpdemo_handler_pending") == 100,
-            what="100 Submits at the handler",
-        )
-        started = time.monotonic()
-        status = server.terminate(timeout=grace + 20)
-        elapsed = time.monotonic() - started
+        server, sock = self.holding(100, "test-hang", "--grace-period", str(grace))
+        status, elapsed = self.timedTerminate(server, grace + 20)
         self.assertEqual(status, -signal.SIGTERM, server.log())
         self.assertGreaterEqual(elapsed, grace - 0.1)
         # The grace period, and twistd's own stop after it (a loaded
@@ -120,16 +129,8 @@ class HandlerTwistdTests(TestCase):
         from tcpdemo.exitwatch import EXIT_MARGIN
 
         grace = 1.0
-        server = self.server("test-threadhang", "--grace-period", str(grace))
-        sock = server.connect()
-        sock.sendall(submits(10))
-        waitFor(
-            lambda: metric(server.scrape(), "tcpdemo_handler_pending") == 10,
-            what="10 Submits at the handler",
-        )
-        started = time.monotonic()
-        status = server.terminate(timeout=grace + EXIT_MARGIN + 20)
-        elapsed = time.monotonic() - started
+        server, sock = self.holding(10, "test-threadhang", "--grace-period", str(grace))
+        status, elapsed = self.timedTerminate(server, grace + EXIT_MARGIN + 20)
         self.assertEqual(status, -signal.SIGKILL, server.log())
         self.assertGreaterEqual(elapsed, grace + EXIT_MARGIN - 0.1)
         self.assertLess(elapsed, grace + EXIT_MARGIN + 3.0, server.log())
