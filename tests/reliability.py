@@ -22,7 +22,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import IO
 
 import attrs
@@ -75,8 +75,10 @@ class ServerTestCase(SynchronousTestCase):
         os.makedirs(path)
         return path
 
-    def startServer(self, *args: str, metrics: bool = True) -> TwistdServer:
-        server = TwistdServer(self.workdir(), args, metrics=metrics)
+    def startServer(
+        self, *args: str, metrics: bool = True, extraEnv: Mapping[str, str] | None = None
+    ) -> TwistdServer:
+        server = TwistdServer(self.workdir(), args, metrics=metrics, extraEnv=extraEnv)
         self.addCleanup(server.kill)
         return server
 

@@ -16,7 +16,7 @@ import sys
 import time
 import unittest
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -150,12 +150,14 @@ class TwistdServer:
         metrics: bool = True,
         twistdScript: str | None = None,
         extraPath: Sequence[str] = (),
+        extraEnv: Mapping[str, str] | None = None,
     ):
         """
         C{twistdScript}: a Python file to run instead of twistd, which
         patches something and then runs twistd (as in tests/test_fence.py).
         C{extraPath}: more directories for the child's C{PYTHONPATH} (test
-        plugins, say).
+        plugins, say).  C{extraEnv}: more environment variables for it
+        (PyPy's C{PYPY_GC_*} settings, say).
         """
         #: Both listen on port 0; the ports chosen are read back from the log.
         self.port = 0
@@ -177,7 +179,7 @@ class TwistdServer:
         self.process = subprocess.Popen(
             args,
             cwd=workdir,
-            env=subprocessEnv(extraPath),
+            env={**subprocessEnv(extraPath), **(extraEnv or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

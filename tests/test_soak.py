@@ -20,11 +20,24 @@ SAMPLE_INTERVAL = 2.0
 #: The steady load: Submits per second over this many connections.
 RATE = 2000
 CONNECTIONS = 20
-#: How much the last third's peak RSS may exceed the first third's.  On
-#: PyPy the 2026-11-30 CI run measured +15 MiB over the minute (a steady
-#: climb after 20 s, not yet explained; see the session note): 24 MiB
-#: there keeps the test failing on anything worse while it is found.
-RSS_MARGIN = (24 if sys.implementation.name == "pypy" else 5) * 1024 * 1024
+PYPY = sys.implementation.name == "pypy"
+#: How much the last third's peak RSS may exceed the baseline's: the first
+#: third's on CPython, the middle third's on PyPy (see L{PYPY_GC}).
+RSS_MARGIN = 5 * 1024 * 1024
+#: PyPy's collector starts a major collection once its heap reaches
+#: C{PYPY_GC_MAJOR_COLLECT} (1.82 by default) times what the previous one
+#: left alive, and the RSS keeps the high-water mark of that sawtooth.  With
+#: the default, under this load, the first major collection after start-up
+#: comes 50-60 s in: the RSS climbs ~13 MiB until then, which is garbage
+#: (the churned connections' objects) waiting to be collected, not growth
+#: -- over 15 minutes the memory left alive after each major collection
+#: stayed at 29-35 MiB and the RSS plateaued (docs/reliability.md, "Soak on
+#: PyPy").  A one-minute soak cannot see that plateau, so on PyPy the
+#: server runs with major collections at 1.3 times the live heap (every
+#: ~30 s here), which keeps the RSS close to what is alive -- what a leak
+#: grows -- and the first third (the JIT warming up, the first major
+#: collections) is not the baseline: the middle third is.
+PYPY_GC = {"PYPY_GC_MAJOR_COLLECT": "1.3"} if PYPY else {}
 
 
 def stopProcess(proc: subprocess.Popen[bytes]) -> None:
@@ -67,10 +80,11 @@ class SoakTests(ServerTestCase):
         Under steady load plus churn (a connection replaced every 0.1 s) and
         abuse (a bad frame and a reset connection every sampling interval),
         the peak RSS of the last third of the run is within L{RSS_MARGIN}
-        of the first third's, every ack comes back in order, and once the
-        load stops the open file descriptors are back to their baseline.
+        of the first third's (the middle third's on PyPy: see L{PYPY_GC}),
+        every ack comes back in order, and once the load stops the open
+        file descriptors are back to their baseline.
         """
-        server = self.startServer()
+        server = self.startServer(extraEnv=PYPY_GC)
         time.sleep(0.5)
         fdsBaseline = openFds(server.pid)
         started = time.monotonic()
@@ -122,7 +136,9 @@ class SoakTests(ServerTestCase):
 
         third = max(1, len(timeline) // 3)
         firstPeak = max(rss for _, rss, _ in timeline[:third])
+        middlePeak = max(rss for _, rss, _ in timeline[third : 2 * third] or timeline[:third])
         lastPeak = max(rss for _, rss, _ in timeline[-third:])
+        basePeak = middlePeak if PYPY else firstPeak
         samples = server.scrape()
         report(
             "soak",
@@ -132,15 +148,17 @@ class SoakTests(ServerTestCase):
             abusive_connections=abuse,
             acks=int(metric(samples, "tcpdemo_rsp_send_total")),
             rss_first_third_peak=firstPeak,
+            rss_middle_third_peak=middlePeak,
             rss_last_third_peak=lastPeak,
-            rss_growth=lastPeak - firstPeak,
+            rss_growth=lastPeak - basePeak,
+            server_env=PYPY_GC,
             fds_baseline=fdsBaseline,
             fds_peak=max(fds for _, _, fds in timeline),
             fds_after=fdsAfter,
             timeline=timeline,
         )
         self.assertLessEqual(
-            lastPeak - firstPeak, RSS_MARGIN, f"RSS grew; (seconds, rss, fds): {timeline}"
+            lastPeak - basePeak, RSS_MARGIN, f"RSS grew; (seconds, rss, fds): {timeline}"
         )
         self.assertEqual(fdsAfter, fdsBaseline)
         self.assertHealthy(server)
