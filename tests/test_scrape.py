@@ -150,19 +150,11 @@ class ScrapeTests(SynchronousTestCase):
         port = server.listeningPort(r"tcpdemo debug \(/debug/\) listening on")
         self.assertBodyRefused(server, port, "/debug/")
 
-    def test_concurrentScrapesShareRenderings(self) -> None:
+    def scrapers(self, server: TwistdServer, seconds: float) -> subprocess.Popen[bytes]:
         """
-        50 scrapers in a loop for 3 s (threads of another process): every
-        scrape is answered, from at most one rendering per interval (the
-        bodies served are few), the server's CPU stays well under a core,
-        and the protocol's round trips stay quick.  The figures are never
-        older than the scrape.
+        L{SCRAPERS}: 50 threads of another process scraping C{server} in a
+        loop for C{seconds}.
         """
-        server = self.startServer()
-        seconds = 3.0
-        client = server.connect()
-        cpu = cpuSeconds(server.pid)
-        began = time.monotonic()
         scrapers = subprocess.Popen(
             [
                 sys.executable,
@@ -175,6 +167,32 @@ class ScrapeTests(SynchronousTestCase):
             stdout=subprocess.PIPE,
         )
         self.addCleanup(scrapers.kill)
+        return scrapers
+
+    def test_concurrentScrapesShareRenderings(self) -> None:
+        """
+        50 scrapers in a loop for 3 s (threads of another process): every
+        scrape is answered, from at most one rendering per interval (the
+        bodies served are few), the server's CPU stays well under a core,
+        and the protocol's round trips stay quick.  The figures are never
+        older than the scrape.
+        """
+        server = self.startServer()
+        seconds = 3.0
+        # Warm-up, not measured: PyPy's JIT compiles the HTTP and scrape
+        # paths during the first seconds of scrapes, which cost it twice the
+        # CPU then (measured on PyPy 3.9, 3 s windows one after another:
+        # 1.5 ms of server CPU a scrape in the first two, 0.7-0.9 from the
+        # fourth; CPython 0.35-0.6 from the first); cold, the CI run of
+        # 2026-11-30 measured 54 % of a core.  The bound is on the server as
+        # it runs for hours: warm.
+        warm = self.scrapers(server, 3.0)
+        warm.communicate(timeout=30)
+        self.assertEqual(warm.returncode, 0)
+        client = server.connect()
+        cpu = cpuSeconds(server.pid)
+        began = time.monotonic()
+        scrapers = self.scrapers(server, seconds)
         trips = []
         number = 0
         while scrapers.poll() is None:
@@ -192,9 +210,10 @@ class ScrapeTests(SynchronousTestCase):
         self.assertGreater(tally["ok"], 50, tally)
         # One rendering per interval at most (+2 for the edges of the run).
         self.assertLessEqual(tally["bodies"], seconds / SCRAPE_INTERVAL + 2, tally)
-        # PyPy's JIT compiles the scrape path during these 3 s (54 % seen).
-        limit = 0.75 if sys.implementation.name == "pypy" else 0.5
-        self.assertLess(used, limit, f"server CPU {used:.0%} of a core")
+        perScrape = (used * elapsed) / max(1, tally["ok"])
+        self.assertLess(
+            used, 0.5, f"server CPU {used:.0%} of a core, {perScrape * 1000:.2f} ms a scrape"
+        )
         trips.sort()
         median = trips[len(trips) // 2]
         self.assertLess(median, 0.05, f"Submit round trips: median {median:.3f}s")
