@@ -111,7 +111,7 @@ class PendingBatch:
         "acks",
         "results",
         "started",
-        "timer",
+        "deadline",
         "deferred",
         "orphaned",
     )
@@ -127,7 +127,8 @@ class PendingBatch:
         self.acks: bytes | None = None
         self.results = b""
         self.started = 0.0
-        self.timer: Any = None
+        #: When it times out, in the reactor's seconds (with a timeout).
+        self.deadline = 0.0
         self.deferred: Deferred[Any] | None = None
         #: Its connection closed: nobody will send its acks.
         self.orphaned = False
@@ -180,8 +181,16 @@ class HandlerRunner:
         #: Batches handed to the handler and not yet answered.
         self.outstanding = 0
         #: Those of them whose handler answered with a Deferred still to
-        #: fire: what L{giveUp} finishes.
+        #: fire, in the order they were handed over: what L{giveUp}
+        #: finishes, and what the timeout watches.
         self._atHandler: dict[PendingBatch, None] = {}
+        #: The one timer of the --handler-timeout, due when the oldest
+        #: batch at the handler times out.  Every batch has the same
+        #: timeout, so the oldest is always the next.  A DelayedCall made
+        #: and cancelled per batch (and the reactor's heap of them) was
+        #: about half the handler path's CPU per Submit when each read
+        #: brings one Submit, as under request/response load.
+        self._timer: Any = None
         self._stopped = False
         self.heldForTotal: dict[HandlerServerProtocol, None] = {}
         self._idleWaiters: list[Deferred[None]] = []
@@ -210,7 +219,9 @@ class HandlerRunner:
             return
         if isinstance(result, Deferred):
             if self.timeout is not None:
-                entry.timer = self.reactor.callLater(self.timeout, self._timedOut, entry)
+                entry.deadline = self.reactor.seconds() + self.timeout
+                if self._timer is None:
+                    self._timer = self.reactor.callLater(self.timeout, self._timeOut)
             entry.deferred = result
             self._atHandler[entry] = None
             result.addCallbacks(
@@ -240,8 +251,27 @@ class HandlerRunner:
         self._problem()
         self._finish(entry, bytes((RESULT_HANDLER_ERROR,)) * entry.count)
 
+    def _timeOut(self) -> None:
+        """
+        The timer is due: every batch at the handler past its deadline
+        times out, oldest first; the timer is set again for the next one.
+        """
+        self._timer = None
+        atHandler = self._atHandler
+        now = self.reactor.seconds()
+        while atHandler and self.timeout is not None:
+            entry = next(iter(atHandler))
+            if entry.finished:  # cannot be (finishing removes it): no loop
+                del atHandler[entry]
+                continue
+            if entry.deadline > now:
+                if self._timer is not None:  # set meanwhile by a hand-over
+                    self._timer.cancel()
+                self._timer = self.reactor.callLater(entry.deadline - now, self._timeOut)
+                return
+            self._timedOut(entry)
+
     def _timedOut(self, entry: PendingBatch) -> None:
-        entry.timer = None
         if entry.finished:
             return
         self._timeouts += 1
@@ -266,11 +296,10 @@ class HandlerRunner:
                 self.log.failure("cancelling a timed-out handler batch")
 
     def _finish(self, entry: PendingBatch, results: bytes) -> None:
-        timer, entry.timer = entry.timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
         entry.deferred = None
-        self._atHandler.pop(entry, None)
+        atHandler = self._atHandler
+        if atHandler.pop(entry, False) is None and not atHandler:
+            self._cancelTimer()
         entry.results = results
         entry.acks = encodeAcks(entry.ids, results)
         entry.ids = []
@@ -285,6 +314,11 @@ class HandlerRunner:
             waiters, self._idleWaiters = self._idleWaiters, []
             for waiter in waiters:
                 waiter.callback(None)
+
+    def _cancelTimer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     # Bounds
 
@@ -372,12 +406,9 @@ class HandlerRunner:
         yet logged are logged now, not lost.
         """
         self._stopped = True
-        for entry in list(self._atHandler):
-            # None after a graceful stop or giveUp; a batch handed over
-            # without either must not keep its timer.
-            timer, entry.timer = entry.timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
+        # None after a graceful stop or giveUp; batches handed over without
+        # either must not keep the timer.
+        self._cancelTimer()
         if self._logCall is not None and self._logCall.active():
             self._logCall.cancel()
         self._logCall = None

@@ -380,7 +380,7 @@ class ShutdownTests(HandlerTestCase):
         """
         runner = svc.handlerRunner
         assert runner is not None
-        mine = (runner._timedOut, runner._logLater)
+        mine = (runner._timeOut, runner._logLater)
         calls: Sequence[Any] = reactor.getDelayedCalls()  # DelayedCalls, with .func
         return [call for call in calls if call.func in mine]
 

@@ -70,6 +70,37 @@ class RunnerTimerTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(len(self.events), 1)
 
+    def test_eachBatchTimesOutAtItsOwnDeadline(self) -> None:
+        """
+        One timer serves every batch at the handler: it is due for the
+        oldest, and is set again for the next; a batch answered in time is
+        not timed out; once none is left, no call is.
+        """
+        handler = ManualHandler()
+        runner, clock = self.runner(handler, timeout=1.0)
+        first = handOver(runner, 1)
+        clock.advance(0.25)
+        answered = handOver(runner, 2)
+        clock.advance(0.25)
+        second = handOver(runner, 3)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        handler.batches[1][1].callback(bytes(2))
+        clock.advance(0.5)  # t=1.0: the first's deadline
+        self.assertEqual(first.results, b"\2")
+        self.assertIsNone(second.acks)
+        self.assertEqual(answered.results, bytes(2))
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(0.49)
+        self.assertIsNone(second.acks)
+        clock.advance(0.01)  # t=1.5: the second's
+        self.assertEqual(second.results, b"\2" * 3)
+        self.assertEqual(handler.cancelled, 2)
+        self.assertEqual(self.sample("tcpdemo_handler_timeouts_total"), 2)
+        # Only the rate-limited log line's call may wait: the timer is gone.
+        self.assertIsNone(runner._timer)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertEqual((runner.outstanding, runner.waiting), (0, 0))
+
     def test_giveUpFinishesEveryBatch(self) -> None:
         """
         L{HandlerRunner.giveUp}: every batch still at the handler gets
@@ -81,7 +112,7 @@ class RunnerTimerTests(SynchronousTestCase):
         first = handOver(runner, 3)
         second = handOver(runner, 4)
         idle = runner.whenIdle()
-        self.assertEqual(len(clock.getDelayedCalls()), 2)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # the runner's one timer
         self.assertEqual(runner.giveUp(), (2, 7))
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual((first.results, second.results), (b"\2" * 3, b"\2" * 4))
