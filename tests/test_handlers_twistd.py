@@ -281,6 +281,62 @@ class HandlerWorkersTests(TestCase):
             sock.close()
         self.assertEqual(server.terminate(), 0, server.log())
 
+    def test_workerWithAHungHandlerStopsInTheGracePeriod(self) -> None:
+        """
+        With --workers 2 and a handler that never answers nor stops, each
+        worker bounds its own stop by the grace period (result 2 for what it
+        holds, one line, exit 1): the parent does not have to kill any, and
+        exits with SIGTERM's status, saying acks may have been lost.
+        """
+        from tcpdemo.supervisor import KILL_MARGIN
+
+        from .support import waitForWorkers, workerPids
+
+        grace = 1.0
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        server = TwistdServer(
+            workdir,
+            ["--workers", "2", "--handler", "test-hang", "--grace-period", str(grace)],
+            extraPath=[pluginPath(os.path.join(workdir, "p"))],
+        )
+
+        def killAll() -> None:
+            for pid in workerPids(server.log()).values():
+                try:
+                    os.kill(pid, 9)
+                except OSError:
+                    pass
+            server.kill()
+
+        self.addCleanup(killAll)
+        waitForWorkers(server, 2)
+        sock = server.connect()
+        sock.sendall(submits(50))
+        waitFor(
+            lambda: metric(server.scrape(), "tcpdemo_handler_pending", 0) == 50,
+            what="50 Submits at a worker's handler",
+        )
+        started = time.monotonic()
+        status = server.terminate(timeout=grace + KILL_MARGIN + 20)
+        elapsed = time.monotonic() - started
+        log = server.log()
+        self.assertEqual(status, -signal.SIGTERM, log)
+        # Less than the parent's kill margin: the workers ended themselves.
+        self.assertLess(elapsed, grace + KILL_MARGIN - 1.0, log)
+        self.assertEqual(recvUntilClosed(sock), acks(50, 2))
+        # One line from each worker: both abandon their stopHandler, the one
+        # with the connection its batch too.
+        lines = [line for line in log.splitlines() if "abandoned: " in line]
+        self.assertEqual(len(lines), 2, log)
+        for line in lines:
+            self.assertTrue(line.endswith("the stopHandler of --handler test-hang"), line)
+        self.assertEqual(
+            len([line for line in lines if "batch(es) of 50 Submit(s)" in line]), 1, log
+        )
+        self.assertNotIn("killing it", log)
+        self.assertIn("not every worker stopped cleanly", log)
+
 
 class SqliteTwistdTests(TestCase):
     def test_roundTrip(self) -> None:
