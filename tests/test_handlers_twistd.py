@@ -236,11 +236,10 @@ class HandlerTwistdTests(TestCase):
 
 
 class HandlerWorkersTests(TestCase):
-    def test_workersRunTheHandler(self) -> None:
+    def workers(self, *args: str) -> TwistdServer:
         """
-        With --workers 2 each worker runs the handler: every connection gets
-        its acks, and the parent's /metrics sums the workers' handler
-        metrics.
+        C{twistd tcpdemo --workers 2 --handler ARGS...}, its two workers
+        running; every process killed at the end of the test.
         """
         from .support import waitForWorkers, workerPids
 
@@ -248,7 +247,7 @@ class HandlerWorkersTests(TestCase):
         os.makedirs(workdir)
         server = TwistdServer(
             workdir,
-            ["--workers", "2", "--handler", "test-delay:0.05"],
+            ["--workers", "2", "--handler", *args],
             extraPath=[pluginPath(os.path.join(workdir, "p"))],
         )
 
@@ -262,6 +261,15 @@ class HandlerWorkersTests(TestCase):
 
         self.addCleanup(killAll)
         waitForWorkers(server, 2)
+        return server
+
+    def test_workersRunTheHandler(self) -> None:
+        """
+        With --workers 2 each worker runs the handler: every connection gets
+        its acks, and the parent's /metrics sums the workers' handler
+        metrics.
+        """
+        server = self.workers("test-delay:0.05")
         socks = [server.connect() for _ in range(8)]
         for sock in socks:
             sock.sendall(submits(500))
@@ -290,27 +298,8 @@ class HandlerWorkersTests(TestCase):
         """
         from tcpdemo.supervisor import KILL_MARGIN
 
-        from .support import waitForWorkers, workerPids
-
         grace = 1.0
-        workdir = os.path.abspath(self.mktemp())
-        os.makedirs(workdir)
-        server = TwistdServer(
-            workdir,
-            ["--workers", "2", "--handler", "test-hang", "--grace-period", str(grace)],
-            extraPath=[pluginPath(os.path.join(workdir, "p"))],
-        )
-
-        def killAll() -> None:
-            for pid in workerPids(server.log()).values():
-                try:
-                    os.kill(pid, 9)
-                except OSError:
-                    pass
-            server.kill()
-
-        self.addCleanup(killAll)
-        waitForWorkers(server, 2)
+        server = self.workers("test-hang", "--grace-period", str(grace))
         sock = server.connect()
         sock.sendall(submits(50))
         waitFor(
