@@ -11,6 +11,11 @@ Scenarios (each starts its own server on loopback ports the kernel picks):
     and trickle, and after they leave; the server's CPU while they trickle;
     how many the server closed (C{memory_budget}); and the round-trip time
     of a clean connection's batch of 1000 pipelined Submits, every 0.25 s.
+    With C{--rounds N}, N-1 more attacks (the same fill, then leave, no
+    trickle) on the same server, and each one's peak and kept RSS: what
+    one attack leaves behind must be reused by the next, not added to
+    (PyPy keeps garbage until its next major collection, and an idle
+    server allocates nothing that would start one).
   - C{connflood}: one connection sends nothing but 5-byte Conn frames, as
     fast as it can, from another process; the clean batch's round-trip
     time, without and then with the flood.
@@ -214,13 +219,46 @@ def trickle(attackers: list[socket.socket]) -> None:
         time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
 
 
+def fill(server: Server, connections: int, frameLength: int) -> tuple[list[socket.socket], float]:
+    """
+    C{connections} attackers, each with a partial frame of C{frameLength}
+    bytes but 1000 sent, once the server has read it all (or closed what it
+    did not); and how long they took to send it.
+    """
+    body = b"x" * (frameLength - 4 - 1000)
+    head = struct.pack("!i", frameLength)
+    attackers: list[socket.socket] = []
+    fillStarted = time.monotonic()
+    before = server.metric("tcpdemo_bytes_received_total")
+    for _ in range(connections):
+        sock = socket.create_connection((LOOPBACK, server.port), timeout=30)
+        try:
+            sock.sendall(head + body)
+        except OSError:
+            pass  # closed by the server already: still an attacker
+        attackers.append(sock)
+    fillSeconds = time.monotonic() - fillStarted
+    total = before + connections * (len(head) + len(body))
+    deadline = time.monotonic() + 120
+    last = -1.0
+    while time.monotonic() < deadline:
+        received = server.metric("tcpdemo_bytes_received_total")
+        if received >= total or received == last:
+            break
+        last = received
+        time.sleep(1)
+    return attackers, fillSeconds
+
+
 def partial(
     code: Path,
     connections: int,
     seconds: float,
     extra: list[str],
     frameLength: int = FRAME_LENGTH,
+    rounds: int = 1,
 ) -> dict[str, Any]:
+    mib = 1024 * 1024
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with tempfile.TemporaryDirectory() as workdir:
@@ -234,28 +272,7 @@ def partial(
             rssBefore = server.rss()
             sampler = RssPeak(server)
             sampler.start()
-            body = b"x" * (frameLength - 4 - 1000)
-            head = struct.pack("!i", frameLength)
-            attackers: list[socket.socket] = []
-            fillStarted = time.monotonic()
-            for _ in range(connections):
-                sock = socket.create_connection((LOOPBACK, server.port), timeout=30)
-                try:
-                    sock.sendall(head + body)
-                except OSError:
-                    pass  # closed by the server already: still an attacker
-                attackers.append(sock)
-            fillSeconds = time.monotonic() - fillStarted
-            # Until the server has read it all (or closed what it did not).
-            total = connections * (len(head) + len(body))
-            deadline = time.monotonic() + 120
-            last = -1.0
-            while time.monotonic() < deadline:
-                received = server.metric("tcpdemo_bytes_received_total")
-                if received >= total or received == last:
-                    break
-                last = received
-                time.sleep(1)
+            attackers, fillSeconds = fill(server, connections, frameLength)
             log(f"{connections} attackers sent their partial frames in {fillSeconds:.1f} s")
             for sock in attackers:
                 sock.setblocking(False)
@@ -289,8 +306,22 @@ def partial(
             time.sleep(7)
             rssAfter10 = server.rss()
             after = summary([clean.roundTrip() for _ in range(20)])
+            # Further rounds: the same attack again, without the trickle;
+            # what a round keeps must be reused by the next, not added to.
+            laterPeaks, laterKept = [], []
+            for _ in range(rounds - 1):
+                sampler = RssPeak(server)
+                sampler.start()
+                attackers, _ = fill(server, connections, frameLength)
+                for sock in attackers:
+                    sock.close()
+                time.sleep(1)
+                sampler.halt.set()
+                sampler.join()
+                time.sleep(9)
+                laterPeaks.append(round((sampler.peak - rssBefore) / mib, 1))
+                laterKept.append(round((server.rss() - rssBefore) / mib, 1))
             clean.close()
-            mib = 1024 * 1024
             return {
                 "connections": connections,
                 "frame_length": frameLength,
@@ -304,6 +335,8 @@ def partial(
                 "clean_batch_quiet": quiet,
                 "clean_batch_while_trickling": summary(times),
                 "clean_batch_after": after,
+                "later_rounds_rss_peak_growth_mib": laterPeaks,
+                "later_rounds_rss_10s_after_leaving_growth_mib": laterKept,
             }
         finally:
             server.stop()
@@ -378,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the partial frames' total_length (default: 1 MiB, the largest allowed)",
     )
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="partial: attack this many times in all (the later rounds without the trickle)",
+    )
     parser.add_argument("--code", type=Path, default=ROOT, help="the checkout to run")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("server_args", nargs="*", help="extra twistd tcpdemo options, after --")
@@ -391,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             options.seconds,
             options.server_args,
             options.frame_length,
+            options.rounds,
         )
     if options.scenario in ("connflood", "all"):
         log("Conn flood...")
