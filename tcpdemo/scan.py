@@ -85,7 +85,10 @@ def pureSubmitRunAcks(data: bytes, maxLength: int, minRun: int = MIN_RUN) -> tup
     if not _SUBMIT_FRAME_MIN <= length <= maxLength or data[HEADER_SIZE] != SUBMIT:
         return 0, 0, b""
     count = size // length
-    if count < minRun:
+    if count < minRun or not _equalFrames(data, length, minRun):
+        # Checked first on the first minRun frames alone: with frames of
+        # varied sizes the run fails there, before the strided checks and
+        # the bisection over the whole read.
         return 0, 0, b""
     if not _equalFrames(data, length, count):
         # Something else follows the run: find where, by bisection (the
