@@ -11,9 +11,10 @@ and through each scanner variant alone.
 Every variant is measured in the same process, interleaved, best of
 C{--repeat}; the figure is CPU time (C{time.process_time}), so other load on
 the machine shows less than in wall time.  Variants: C{pure} (the
-reference, tcpdemo.scan's C{pure*}), C{c} (the compiled extension, CPython
-only), C{default} (what C{tcpdemo.scan.submitAcks} is here); C{P} rows are
-the same with equal-size frames, for comparison.
+reference, tcpdemo.scan's C{pure*}), C{pypy} (C{pypySubmitAcks}, written
+for PyPy's JIT), C{c} (the compiled extension, CPython only), C{default}
+(what C{tcpdemo.scan.submitAcks} is here); C{P} rows are the same with
+equal-size frames, for comparison.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def variants() -> dict[str, tuple[SubmitAcks, Callable[[list[bytes]], bytes]]]:
     found: dict[str, tuple[SubmitAcks, Callable[[list[bytes]], bytes]]] = {
         "pure": (scan.pureSubmitAcks, scan.pureAcks),
         "default": (scan.submitAcks, scan.acks),
+        "pypy": (scan.pypySubmitAcks, scan.pureAcks),
     }
     try:
         from tcpdemo import _scan

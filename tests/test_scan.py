@@ -78,7 +78,9 @@ class LoadedTests(SynchronousTestCase):
             self.assertIs(scan.scanSubmits, _scan.scanSubmits)
             self.assertEqual(_scan.MIN_RUN, scan.MIN_RUN)
         else:
-            self.assertIs(scan.submitAcks, scan.pureSubmitAcks)
+            self.assertIs(
+                scan.submitAcks, scan.pypySubmitAcks if scan.PYPY else scan.pureSubmitAcks
+            )
             self.assertIs(scan.acks, scan.pureAcks)
             self.assertIs(scan.scanSubmits, scan.pureScanSubmits)
 
@@ -94,13 +96,15 @@ class LoadedTests(SynchronousTestCase):
     def test_disabledByEnvironment(self) -> None:
         """
         With TCPDEMO_NO_ACCEL=1 at import, the pure versions are used, by
-        the server too, on any interpreter.
+        the server too, on any interpreter (on PyPy, C{pypySubmitAcks}).
         """
         env = dict(os.environ, TCPDEMO_NO_ACCEL="1", PYTHONPATH=REPO_ROOT)
         check = (
             "from tcpdemo import protocol, scan\n"
             "assert not scan.ACCELERATED\n"
-            "assert protocol.submitAcks is scan.pureSubmitAcks\n"
+            "assert protocol.submitAcks is (\n"
+            "    scan.pypySubmitAcks if scan.PYPY else scan.pureSubmitAcks\n"
+            ")\n"
             "assert protocol._acks is scan.pureAcks\n"
             "print('pure')\n"
         )
@@ -110,12 +114,14 @@ class LoadedTests(SynchronousTestCase):
         self.assertEqual((out.returncode, out.stdout.strip()), (0, b"pure"), out.stderr)
 
 
-def _twoImplementations() -> list[tuple[str, scan._SubmitAcks, scan._Acks]]:
+def _implementations() -> list[tuple[str, scan._SubmitAcks, scan._Acks]]:
     """
-    The pure versions, and the compiled ones where they are loaded.
+    The pure versions (the reference first, then PyPy's, checked on every
+    interpreter), and the compiled ones where they are loaded.
     """
     found: list[tuple[str, scan._SubmitAcks, scan._Acks]] = [
-        ("pure", scan.pureSubmitAcks, scan.pureAcks)
+        ("pure", scan.pureSubmitAcks, scan.pureAcks),
+        ("pypy", scan.pypySubmitAcks, scan.pureAcks),
     ]
     if scan.ACCELERATED:
         found.append(("compiled", _scan.submitAcks, _scan.acks))
@@ -134,9 +140,9 @@ def outcome(call: object, *args: object) -> object:
 
 class EquivalenceTests(SynchronousTestCase):
     """
-    The compiled functions make the decisions of the pure ones on every
-    input (run on CPython; on PyPy, where only the pure ones exist, the
-    tests check the pure ones against the general path only).
+    The compiled functions and PyPy's C{pypySubmitAcks} make the decisions
+    of the pure ones on every input (the compiled ones on CPython only;
+    everywhere, all are checked against the general path too).
     """
 
     def setUp(self) -> None:
@@ -149,7 +155,7 @@ class EquivalenceTests(SynchronousTestCase):
         or raise the same for C{args}.
         """
         index = {"submitAcks": 1, "acks": 2}[name]
-        results = [outcome(found[index], *args) for found in _twoImplementations()]
+        results = [outcome(found[index], *args) for found in _implementations()]
         self.assertEqual(results, [results[0]] * len(results), args)
 
     @given(
@@ -163,7 +169,7 @@ class EquivalenceTests(SynchronousTestCase):
         Same end, count and acks for any stream, bound, start and minRun.
         """
         pure = scan.pureSubmitAcks(data, maxLength, start, minRun)
-        for _label, submitAcks, _ in _twoImplementations():
+        for _label, submitAcks, _ in _implementations():
             self.assertEqual(submitAcks(data, maxLength, start, minRun), pure)
             if not start:
                 self.assertEqual(submitAcks(data, maxLength), pure)
@@ -187,7 +193,7 @@ class EquivalenceTests(SynchronousTestCase):
             len(general.ids),
             b"".join(ackFrame(i) for i in general.ids),
         )
-        for _label, submitAcks, _ in _twoImplementations():
+        for _label, submitAcks, _ in _implementations():
             self.assertEqual(submitAcks(data, maxLength), expected)
 
     @given(
@@ -201,7 +207,7 @@ class EquivalenceTests(SynchronousTestCase):
         """
         data = before + b"".join(submits) + after
         alone = scan.pureSubmitAcks(b"".join(submits) + after, 1 << 20)
-        for _label, submitAcks, _ in _twoImplementations():
+        for _label, submitAcks, _ in _implementations():
             end, count, acks = submitAcks(data, 1 << 20, len(before))
             self.assertEqual((end - len(before), count, acks), alone)
 
@@ -229,9 +235,10 @@ class EquivalenceTests(SynchronousTestCase):
             (data,),
             (data, 99, 0, 16, 0),
         ]:
-            for _label, submitAcks, _ in _twoImplementations()[1:]:
-                self.assertEqual(outcome(submitAcks, *args), TypeError, args)
-        for _label, _, acks in _twoImplementations():
+            for label, submitAcks, _ in _implementations():
+                if label == "compiled":
+                    self.assertEqual(outcome(submitAcks, *args), TypeError, args)
+        for _label, _, acks in _implementations():
             self.assertEqual(outcome(acks, [b"12345678", "12345678"]), TypeError)
             self.assertEqual(outcome(acks, None), TypeError)
 
@@ -284,7 +291,7 @@ class EquivalenceTests(SynchronousTestCase):
 
     @given(st.lists(st.binary(min_size=8, max_size=8), min_size=1, max_size=40))
     def test_acksAreSubmitAcks(self, ids: list[bytes]) -> None:
-        for _label, _, acks in _twoImplementations():
+        for _label, _, acks in _implementations():
             self.assertEqual(acks(ids), b"".join(ackFrame(i) for i in ids))
 
     def test_largeRead(self) -> None:
@@ -294,7 +301,7 @@ class EquivalenceTests(SynchronousTestCase):
         data = b"".join(submitFrame(b"%08d" % i, b"c" * (15 + i % 16)) for i in range(1800))
         partial = frame(b"\x02" + b"9" * 8 + b"tail")[:-2]
         expected = (len(data), 1800, b"".join(ackFrame(b"%08d" % i) for i in range(1800)))
-        for _label, submitAcks, _ in _twoImplementations():
+        for _label, submitAcks, _ in _implementations():
             self.assertEqual(submitAcks(data + partial, 1 << 20), expected)
 
 
