@@ -304,6 +304,17 @@ def versusTable(
     return "\n".join(lines)
 
 
+def _ratioSmall(a: Stat | None, b: Stat | None) -> str:
+    """
+    L{_ratio}, with two significant digits below 0.1 (Go demo2 against the
+    product spans two orders of magnitude: 0.00× would say nothing).
+    """
+    if a is None or b is None or not b.median:
+        return "–"
+    ratio = a.median / b.median
+    return f"{ratio:.2g}×" if ratio < 0.1 else f"{ratio:.2f}×"
+
+
 def goTable(data: dict[str, Any]) -> str:
     """
     The product against the seed article's Go servers, scenario by scenario,
@@ -338,9 +349,9 @@ def goTable(data: dict[str, Any]) -> str:
                     ["", "", ""]
                     if server == PRODUCT
                     else [
-                        _ratio(final["acks_per_s"], acks),
-                        _ratio(final["server_cpu_us_per_ack"], cpu),
-                        _ratio(final["p99_ms"], p99),
+                        _ratioSmall(final["acks_per_s"], acks),
+                        _ratioSmall(final["server_cpu_us_per_ack"], cpu),
+                        _ratioSmall(final["p99_ms"], p99),
                     ]
                 )
                 lines.append(
