@@ -478,6 +478,13 @@ class TcpDemoService(MultiService):
         # work included), then close, then stop the handler: all of it within
         # the grace period, whatever the handler does.
         deadline = self.reactor.seconds() + self.gracePeriod
+        if self._exitWatch is not None:
+            # Stopped while the reactor runs on (at a shutdown the trigger
+            # has fired already and cleared this): no exit to watch.  Removed
+            # first, so that a stop that fails half-way leaves no trigger to
+            # arm a watchdog in a process that goes on (a test runner).
+            self.reactor.removeSystemEventTrigger(self._exitWatch)
+            self._exitWatch = None
         yield self.server.stopService()
         runner = self.handlerRunner
         drained = self.factory.drainAll()
@@ -535,10 +542,6 @@ class TcpDemoService(MultiService):
             # was delivered, so let it exit 0.  A forced stop keeps the
             # signal status, telling supervisors that acks may be lost.
             clearExitSignal(self.reactor)
-        if self._exitWatch is not None:
-            # Stopped while the reactor runs on: no exit to watch.
-            self.reactor.removeSystemEventTrigger(self._exitWatch)
-            self._exitWatch = None
         yield MultiService.stopService(self)
 
 

@@ -51,6 +51,9 @@ class OptionsTests(unittest.TestCase):
 
     def test_rateExcludesWindow(self) -> None:
         self.assertRaises(usage.UsageError, self.parse, "--rate", "10", "--window", "1")
+        # A count could be reached inside the warm-up, leaving nothing measured.
+        self.assertRaises(usage.UsageError, self.parse, "--warmup", "1", "--count", "10")
+        self.assertEqual(self.parse("--warmup", "1", "--duration", "2")["warmup"], 1.0)
         self.assertRaises(usage.UsageError, self.parse, "--connections", "0")
 
     def test_tlsOptions(self) -> None:

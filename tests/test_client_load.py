@@ -186,7 +186,7 @@ class RealServerTests(LoadTestsMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_warmupLeavesItsStallOut(self) -> Any:
         """
-        The same 0.25 s client stall at the end of a 0.7 s warm-up is not in
+        A 0.5 s client stall at the end of a 0.7 s warm-up is not in
         the figures: the latency, throughput and sender pauses count from the
         end of the warm-up, for Submits scheduled after it, while the totals
         (and the check of every ack) still cover the whole run.  The stall
@@ -194,8 +194,8 @@ class RealServerTests(LoadTestsMixin, unittest.TestCase):
         written late and acked in the measured window, but were scheduled
         in the warm-up, so their wait is not counted.
         """
-        stall = 0.25
-        reactor.callLater(0.55, time.sleep, stall)
+        stall = 0.5
+        reactor.callLater(0.45, time.sleep, stall)
         report = yield self.load(
             self.realServer(), connections=4, rate=1000.0, duration=1.0, warmup=0.7
         )
@@ -204,16 +204,20 @@ class RealServerTests(LoadTestsMixin, unittest.TestCase):
         self.assertEqual(report.acked, report.sent)
         self.assertEqual(report.warmup, 0.7)
         assert report.windowSent is not None
-        # 1.7 s at 1000/s in all, of which 1 s measured (25% either way).
-        self.assertTrue(1275 <= report.sent <= 2125, report.sent)
+        # The warm-up ends after the stall (0.95 s), then 1 s is measured:
+        # 1.95 s at 1000/s in all (25% either way).
+        self.assertTrue(1460 <= report.sent <= 2440, report.sent)
         self.assertTrue(750 <= report.windowSent <= 1250, report.windowSent)
-        self.assertLess(report.sendDuration, 1.5)
-        # The window's acks include those of the stall's late writes.
-        self.assertTrue(750 <= report.throughput <= 1600, report.throughput)
-        # Only Submits scheduled after the warm-up are in the histogram.
+        # --duration is the measured window, though the warm-up ended late.
+        self.assertTrue(0.9 <= report.sendDuration < 1.5, report.sendDuration)
+        # The window's acks include those of the stall's ~500 late writes.
+        self.assertTrue(750 <= report.throughput <= 2000, report.throughput)
+        # Only Submits scheduled after the warm-up are in the histogram: the
+        # ~500 due in the stall would have waited 0-500 ms (p90 >= 250 ms).
         self.assertLessEqual(report.latencyUs["count"], report.windowSent)
         self.assertGreater(report.latencyUs["count"], 0.9 * report.windowSent)
-        self.assertLess(report.latencyUs["max"], 0.8 * stall * 1e6)
+        self.assertLess(report.latencyUs["p90"], 0.4 * stall * 1e6)
+        # The sender's pauses count from the end of the warm-up too.
         assert report.maxTickGap is not None
         self.assertLess(report.maxTickGap, 0.8 * stall)
 

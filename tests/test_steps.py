@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _steps() -> dict[str, Any]:
-    if not (ROOT / "benchmarks" / "steps.py").exists():
-        raise ImportError("no benchmarks/ beside the tests (not a checkout)")
+    # The tests run from a checkout, which has benchmarks/: an import error
+    # here (a product name a step uses was renamed) is a failure, not a skip.
     from benchmarks.steps import STEPS
 
     return dict(STEPS)
@@ -37,10 +37,7 @@ def _steps() -> dict[str, Any]:
 
 class StepTests(SynchronousTestCase):
     def setUp(self) -> None:
-        try:
-            self.steps = _steps()
-        except ImportError as e:
-            self.skipTest(str(e))
+        self.steps = _steps()
         self.clock = Clock()
 
     def connect(self, step: str, **kwargs: Any) -> tuple[Any, HalfClosingTransport]:

@@ -127,7 +127,7 @@ class Options(usage.Options):
             "Seconds of the same load to send first, left out of the figures "
             "(throughput, latency, CPU, sender pauses) though every ack is still "
             "checked: a JIT (PyPy) compiles the client's loops then, not while it "
-            "measures. --duration counts after it; --count includes it.",
+            "measures. --duration counts after it; not with --count.",
             nonNegativeFloat,
         ],
         ["count", "n", None, "Submits to send in all, shared among the connections.", positiveInt],
@@ -191,6 +191,11 @@ class Options(usage.Options):
         self["endpoint"] = endpointFor(self["port"], self["host"])
         if self["rate"] is not None and self["window"] is not None:
             raise usage.UsageError("--rate is open loop: it cannot be combined with --window")
+        if self["warmup"] and self["count"] is not None:
+            raise usage.UsageError(
+                "--warmup goes with --duration, not --count: a count could be "
+                "reached inside the warm-up, leaving nothing measured"
+            )
         if self["duration"] is None and self["count"] is None:
             self["duration"] = DEFAULT_DURATION
         self["token"] = b""

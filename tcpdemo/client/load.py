@@ -149,6 +149,8 @@ class LoadConfig:
     #: Seconds of the same load sent first and left out of the figures
     #: (latency, throughput, CPU, sender pauses): a JIT compiles the client's
     #: hot loops then, not while it measures.  Acks are checked throughout.
+    #: A C{count} reached inside the warm-up leaves nothing measured (the
+    #: command line refuses C{--warmup} with C{--count}).
     warmup: float = 0.0
     #: For C{ssl:} and C{tls:}: verify the server's certificate (and name)
     #: against C{trustRoot} (a PEM file or a directory of C{*.pem}), or
@@ -587,11 +589,11 @@ class LoadRun:
         now = perf_counter()
         self._started = True
         self.stats.start(now)
+        if self._sendingOver.called:
+            return  # interrupted while connecting
         if config.warmup:
             self.stats.measureFrom = float("inf")  # nothing is measured yet
             self._warmupTimer = self.reactor.callLater(config.warmup, self._endWarmup)
-        if self._sendingOver.called:
-            return  # interrupted while connecting
         self._sendersLeft = len(self.protocols)
         for protocol in self.protocols:
             protocol.start()
@@ -617,6 +619,11 @@ class LoadRun:
         self.stats.restart(perf_counter())
         self.maxTickGap = None
         self._lastTick = None
+        # The measured window lasts --duration from here, even if a pause
+        # made the warm-up end late.
+        timer = self._stopTimer
+        if timer is not None and timer.active() and self.config.duration is not None:
+            timer.reset(self.config.duration)
 
     def _tick(self) -> None:
         """
