@@ -136,8 +136,14 @@ class BudgetUnitTests(SynchronousTestCase):
 
 LIMIT = 4 * 1024 * 1024
 #: What RSS may keep after the attackers left: allocator and interpreter
-#: noise (PyPy's garbage collector keeps several MiB more: 7.4 MiB measured).
-RSS_NOISE = (16 if platform.python_implementation() == "PyPy" else 4) * 1024 * 1024
+#: noise.  On PyPy the clean connection's load also grows the heap until the
+#: first major collection (a sawtooth, not a leak: docs/reliability.md,
+#: "Soak on PyPy"), 7.4 to 17.3 MiB by the end of this test (measured; once
+#: 19 MiB with PYPY_GC_MAJOR_COLLECT=1.3, so that does not help here).  That
+#: is more than the 8 MiB the attackers hold, so on PyPy this bound catches
+#: only a gross leak; the exact check is CPython's 4 MiB, and PyPy's reuse
+#: of what it keeps is checked by systests/test_hostile_figures.py.
+RSS_NOISE = (32 if platform.python_implementation() == "PyPy" else 4) * 1024 * 1024
 ATTACKERS = 8
 FRAME = 1024 * 1024
 MISSING = 1000
