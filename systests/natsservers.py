@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -22,6 +24,32 @@ CLUSTER_NAME = "tcpdemo-test"
 DEPLOY_DIR = os.path.join(REPO_ROOT, "deploy", "nats")
 
 
+def fixedPort() -> int:
+    """
+    A free loopback port below the kernel's ephemeral range, for a server
+    whose port must be known before it starts (cluster routes name their
+    peers' ports).  L{freePort} takes one from the ephemeral range, where
+    any outgoing connection of the machine may take it as its source port
+    before nats-server binds it ("address already in use", seen once in
+    CI); below that range only another listener can.
+    """
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randint(min(10000, low - 1000), low - 1)
+        with socket.socket() as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    return freePort()
+
+
 class NatsServer:
     """
     One C{nats-server -js} on loopback; L{start} again after L{kill} or
@@ -30,9 +58,9 @@ class NatsServer:
 
     def __init__(self, workdir: str, name: str) -> None:
         self.name = name
-        self.port = freePort()
-        self.clusterPort = freePort()
-        self.monitorPort = freePort()
+        self.port = fixedPort()
+        self.clusterPort = fixedPort()
+        self.monitorPort = fixedPort()
         self.storeDir = os.path.join(workdir, f"{name}-store")
         self.logPath = os.path.join(workdir, f"{name}.log")
         self.routes: list[int] = []
