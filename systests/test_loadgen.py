@@ -8,17 +8,15 @@ tests fail: the generator is part of the harness.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
 import threading
 from typing import Any, Callable
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from benchmarks import goclient
-from tests.support import LOOPBACK, TwistdServer, ackFrame, recvExactly
+from tests.support import LOOPBACK, TwistdServer, ackFrame, recvExactly, runForReport
 
 ID_SIZE = 8
 
@@ -31,16 +29,7 @@ def runLoadgen(port: int, *args: str, timeout: float = 60.0) -> tuple[int, dict[
     """
     Run the generator with C{--json}; return its exit status and report.
     """
-    command = [loadgen(), "--port", f"tcp:{LOOPBACK}:{port}", "--json", *args]
-    result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-    try:
-        report: dict[str, Any] = json.loads(result.stdout.decode())
-    except ValueError as e:
-        raise AssertionError(
-            f"{command} exited {result.returncode} without a report:\n"
-            f"{result.stdout.decode(errors='replace')}\n{result.stderr.decode(errors='replace')}"
-        ) from e
-    return result.returncode, report
+    return runForReport([loadgen(), "--port", f"tcp:{LOOPBACK}:{port}", "--json", *args], timeout)
 
 
 class FakeServer:

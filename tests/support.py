@@ -507,8 +507,6 @@ def runLoadClient(port: int, *args: str, timeout: float = 120.0) -> tuple[int, d
     Run the load client (C{python -m tcpdemo.client}) against loopback
     C{port} with C{--json}; return its exit status and its JSON report.
     """
-    import json
-
     command = [
         sys.executable,
         "-m",
@@ -519,15 +517,23 @@ def runLoadClient(port: int, *args: str, timeout: float = 120.0) -> tuple[int, d
         "--quiet",
         *args,
     ]
+    return runForReport(command, timeout, env=subprocessEnv())
+
+
+def runForReport(
+    command: list[str], timeout: float, env: Mapping[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
+    """
+    Run a load generator that prints one JSON report (tcpdemo-client or the
+    Go generator, with C{--json}); return its exit status and the report.
+    """
+    import json
+
     result = subprocess.run(
-        command,
-        env=subprocessEnv(),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
+        command, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
     )
     try:
-        report: dict[str, object] = json.loads(result.stdout.decode())
+        report: dict[str, Any] = json.loads(result.stdout.decode())
     except ValueError as e:
         raise AssertionError(
             f"{' '.join(command)} exited {result.returncode} without a JSON report:\n"
