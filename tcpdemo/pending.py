@@ -31,10 +31,11 @@ from tcpdemo.frame import FrameReceiver, frame
 from tcpdemo.handlers import (
     RESULT_HANDLER_ERROR,
     RESULT_TIMEOUT,
+    IDeliversReady,
     ISubmitHandler,
     SubmitBatch,
 )
-from tcpdemo.metrics import ServerMetrics
+from tcpdemo.metrics import ReadTally, ServerMetrics
 from tcpdemo.packet import ID_SIZE, SUBMIT, SubmitAck, encode
 from tcpdemo.protocol import TcpDemoServerFactory, TcpDemoServerProtocol
 from tcpdemo.scan import scanSubmits
@@ -164,9 +165,16 @@ class HandlerRunner:
         maxPendingTotal: int = DEFAULT_MAX_PENDING_TOTAL,
         problemLogInterval: float = PROBLEM_LOG_INTERVAL,
         maxPendingBytes: int = DEFAULT_MAX_PENDING_BYTES,
+        tally: ReadTally | None = None,
     ) -> None:
         self.handler = handler
         self.metrics = metrics
+        #: Where the pending gauge's changes and the batch latencies are
+        #: counted (the factory's, flushed before every scrape).
+        self.tally = tally if tally is not None else ReadTally(metrics)
+        #: The handler's L{IDeliversReady.deliverReady}, called after every
+        #: read, if it has one.
+        self.deliverReady = handler.deliverReady if IDeliversReady.providedBy(handler) else None
         self.reactor = reactor
         self.timeout = timeout or None
         self.maxPending = maxPending
@@ -210,7 +218,9 @@ class HandlerRunner:
         self.waiting += count
         self.waitingBytes += entry.size
         self.outstanding += 1
-        self.metrics.handler_pending.inc(count)
+        tally = self.tally
+        tally.pending += count
+        tally.changed()
         entry.started = time.monotonic()
         try:
             result = self.handler.handle(batch)
@@ -231,7 +241,7 @@ class HandlerRunner:
             self._answered(result, entry)
 
     def _answered(self, results: object, entry: PendingBatch) -> None:
-        if entry.finished:
+        if entry.acks is not None:
             return  # timed out already: late results are ignored
         try:
             data = checkResults(results, entry.count)
@@ -304,7 +314,7 @@ class HandlerRunner:
         entry.acks = encodeAcks(entry.ids, results)
         entry.ids = []
         self.outstanding -= 1
-        self.metrics.handler_batch_seconds.observe(time.monotonic() - entry.started)
+        self.tally.batchTook(time.monotonic() - entry.started)
         protocol, entry.protocol = entry.protocol, None
         if entry.orphaned or protocol is None:
             self.release(entry.count, entry.size)
@@ -331,7 +341,9 @@ class HandlerRunner:
             return
         self.waiting -= count
         self.waitingBytes -= size
-        self.metrics.handler_pending.dec(count)
+        tally = self.tally
+        tally.pending -= count
+        tally.changed()
         if self.heldForTotal and not self.overTotal():
             held = list(self.heldForTotal)
             self.heldForTotal.clear()
@@ -440,6 +452,9 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
     _heldByWrites = False
     _lost = False
     _draining = False
+    #: In L{HandlerRunner.hand}: a batch answered there at once is sent by
+    #: the L{endOfRead} that follows every hand-over, not by itself.
+    _handing = False
     number = 0
     peer = ""
 
@@ -509,10 +524,17 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         self._waiting += count
         self.factory.tally.received += count
         batch = SubmitBatch(frames, count, self.number, self.peer, time.time())
-        self.factory.runner.hand(entry, batch)
+        self._handing = True
+        try:
+            self.factory.runner.hand(entry, batch)
+        finally:
+            self._handing = False
 
     def endOfRead(self) -> None:
         self._moveIdsToOut()
+        deliverReady = self.factory.runner.deliverReady
+        if deliverReady is not None:
+            deliverReady()
         self._sendAnswered()
         self.factory.tally.changed()
         if not self._closing:
@@ -524,6 +546,8 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         """
         The runner has results for one of this connection's batches.
         """
+        if self._handing:
+            return
         self._sendAnswered()
         self.factory.tally.changed()
         if not self._closing:
@@ -531,14 +555,14 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
 
     def _sendAnswered(self) -> None:
         queue = self._queue
-        if not queue or not queue[0].finished:
+        if not queue or queue[0].acks is None:
             if self._closing and not self._closed and not queue:
                 self._finish()
             return
         chunks = []
         released = releasedBytes = 0
         acked = self.factory.tally.acked
-        while queue and queue[0].finished:
+        while queue and queue[0].acks is not None:
             entry = queue.popleft()
             assert entry.acks is not None
             chunks.append(entry.acks)
@@ -649,6 +673,7 @@ class HandlerServerFactory(TcpDemoServerFactory):
             maxPending=self.maxPending,
             maxPendingTotal=self.maxPendingTotal,
             maxPendingBytes=self.maxPendingBytes,
+            tally=self.tally,
         )
 
     def nextConnectionNumber(self) -> int:

@@ -289,3 +289,73 @@ class ListeningTests(TestCase):
         text = await threads.deferToThread(scrape)
         self.assertIn("tcpdemo_req_recv_total 100.0", text)
         self.assertIn("tcpdemo_bytes_sent_total 1400.0", text)
+
+
+class HandlerTallyTests(SynchronousTestCase):
+    """
+    The handler path's gauge changes and batch latencies, counted in the
+    tally and moved in bulk, give what moving each at once gives.
+    """
+
+    #: Latencies on, just above and far past the buckets' bounds.
+    LATENCIES = [0.0, 0.0005, 0.00050001, 0.001, 0.0024, 0.3, 29.9, 30.0, 1e9] * 3
+
+    def samples(self, metrics: ServerMetrics, name: str) -> dict[Any, float]:
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in metrics.registry.collect()
+            if family.name == name
+            for sample in family.samples
+            if not sample.name.endswith("_created")
+        }
+
+    def test_batchLatenciesAsObserved(self) -> None:
+        direct = ServerMetrics.create(CollectorRegistry())
+        tallied = ServerMetrics.create(CollectorRegistry())
+        tally = ReadTally(tallied)
+        for seconds in self.LATENCIES:
+            direct.handler_batch_seconds.observe(seconds)
+            tally.batchTook(seconds)
+        name = "tcpdemo_handler_batch_seconds"
+        self.assertEqual(
+            tallied.registry.get_sample_value(name + "_count"), 0.0
+        )  # held until the flush
+        tally.flush()
+        self.assertEqual(self.samples(tallied, name), self.samples(direct, name))
+        self.assertEqual(tallied.registry.get_sample_value(name + "_count"), len(self.LATENCIES))
+        tally.flush()  # nothing counted twice
+        self.assertEqual(self.samples(tallied, name), self.samples(direct, name))
+
+    def test_withoutHistogramInternals(self) -> None:
+        """
+        A prometheus_client whose histogram lacks the internals the bulk
+        move uses: each latency is observed at once instead.
+        """
+
+        class Observed:
+            def __init__(self) -> None:
+                self.seen: list[float] = []
+
+            def observe(self, seconds: float) -> None:
+                self.seen.append(seconds)
+
+        metrics = ServerMetrics.create(CollectorRegistry())
+        observed = Observed()
+        metrics.handler_batch_seconds = observed  # type: ignore[assignment]
+        tally = ReadTally(metrics)
+        tally.batchTook(0.25)
+        self.assertEqual(observed.seen, [0.25])
+        tally.flush()
+        self.assertEqual(observed.seen, [0.25])
+
+    def test_pendingMovesOnFlush(self) -> None:
+        metrics = ServerMetrics.create(CollectorRegistry())
+        tally = ReadTally(metrics)
+        tally.pending += 7
+        tally.pending -= 2
+        self.assertEqual(metrics.registry.get_sample_value("tcpdemo_handler_pending"), 0.0)
+        tally.flush()
+        self.assertEqual(metrics.registry.get_sample_value("tcpdemo_handler_pending"), 5.0)
+        tally.pending -= 5
+        tally.flush()
+        self.assertEqual(metrics.registry.get_sample_value("tcpdemo_handler_pending"), 0.0)

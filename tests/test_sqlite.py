@@ -11,6 +11,7 @@ import time
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from tcpdemo import tap
@@ -67,10 +68,29 @@ class StoreTests(TestCase):
         self.addCleanup(db.close)
         self.assertEqual(db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
 
+    async def test_oneCommitPerReactorTurn(self) -> None:
+        """
+        Batches handed in one reactor turn, from any number of connections,
+        go into one commit: the writer is woken when the turn ends, not at
+        the first batch, so a long turn of one-Submit reads (request/response
+        load) is not cut into commits of a few rows.
+        """
+        handler = self.handler()
+        await handler.handle(batch(0, 1))
+        await deferLater(reactor, 0.2, lambda: None)  # the writer waits again
+        self.assertEqual(handler.commits, 1)
+        waits = [handler.handle(batch(1 + i, 1, connection=i)) for i in range(100)]
+        time.sleep(0.2)  # the turn goes on: no commit may start meanwhile
+        self.assertEqual(handler.commits, 1)
+        results = await defer.gatherResults(waits)
+        self.assertEqual([bytes(r) for r in results], [b"\0"] * 100)
+        self.assertEqual((handler.commits, handler.stored), (2, 101))
+
     async def test_stopCommitsWhatIsQueued(self) -> None:
         handler = self.handler()
         waits = [handler.handle(batch(i * 10, 10)) for i in range(50)]
         stopped = handler.stopHandler()
+        self.assertIsNone(handler._wakeCall)  # the turn's wake-up, cancelled
         self.assertRaises(RuntimeError, handler.handle, batch(9999, 1))
         await stopped
         self.assertEqual([bytes(r) for r in await defer.gatherResults(waits)], [bytes(10)] * 50)
