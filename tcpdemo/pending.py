@@ -243,6 +243,9 @@ class HandlerRunner:
     def _answered(self, results: object, entry: PendingBatch) -> None:
         if entry.acks is not None:
             return  # timed out already: late results are ignored
+        if type(results) is bytes and len(results) == entry.count:
+            self._finish(entry, results)
+            return
         try:
             data = checkResults(results, entry.count)
         except BadResults:
@@ -311,7 +314,8 @@ class HandlerRunner:
         if atHandler.pop(entry, False) is None and not atHandler:
             self._cancelTimer()
         entry.results = results
-        entry.acks = encodeAcks(entry.ids, results)
+        ids = entry.ids
+        entry.acks = _ACK_HEAD + ids[0] + results if len(ids) == 1 else encodeAcks(ids, results)
         entry.ids = []
         self.outstanding -= 1
         self.tally.batchTook(time.monotonic() - entry.started)
@@ -515,7 +519,8 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
         ids = self._ids
         if not ids:
             return
-        frames = b"".join(self._frames)
+        collected = self._frames
+        frames = collected[0] if len(collected) == 1 else b"".join(collected)
         self._ids = []
         self._frames = []
         entry = PendingBatch(self, ids, len(frames))
@@ -550,7 +555,9 @@ class HandlerServerProtocol(TcpDemoServerProtocol):
             return
         self._sendAnswered()
         self.factory.tally.changed()
-        if not self._closing:
+        # An answer only lowers what the bounds count: it can end a hold,
+        # never start one.
+        if self._heldByBounds and not self._closing:
             self.checkBounds()
 
     def _sendAnswered(self) -> None:
