@@ -10,8 +10,9 @@ reactor turn -- from every connection -- and those handed over while a
 commit runs wait in one queue and go into the next transaction together
 (group commit), so one fsync serves as many Submits as arrived meanwhile.
 Results come back through a L{ReadyQueue}: at the end of the server's next
-read, or the reactor's next turn, whichever is first.  A commit that fails (disk full, I/O error, a locked or
-corrupt file) gives its batches result 1; the server keeps serving.
+read, or the reactor's next turn, whichever is first.  A commit that fails
+(disk full, I/O error, a locked or corrupt file) gives its batches result
+1; the server keeps serving.
 
 Schema (docs/handlers.md, "The sqlite store")::
 
