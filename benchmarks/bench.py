@@ -431,6 +431,8 @@ class Bench:
         pin = options.pin and cpus >= 2 and shutil.which("taskset") is not None
         self.serverCpu: int | None = 0 if pin else None
         self.clientCpu: int | None = 1 if pin else None
+        # Absolute: servers run in other directories, and a handler's store
+        # (--handler sqlite:PATH) lives here.
         self.logDir = Path(
             options.log_dir
             or (
@@ -438,7 +440,7 @@ class Bench:
                 if not options.smoke
                 else Path(os.environ.get("TMPDIR", "/tmp"))
             )
-        )
+        ).resolve()
         self.logDir.mkdir(parents=True, exist_ok=True)
 
     def interpreters(self) -> dict[str, str]:
