@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -188,3 +189,28 @@ class DeliverReadyTests(HandlerTestCase):
         handler.deliverReady()
         await waitUntil(lambda: len(first.received) >= 28)
         self.assertEqual(first.data, ackFrame(1) + ackFrame(3))
+
+
+class DeliverFailureTests(SynchronousTestCase):
+    def test_failureIsLoggedAndTheRestDelivered(self) -> None:
+        """
+        A C{deliver} that raises is logged; the items after it are still
+        delivered, and L{ReadyQueue.deliverReady} (called at the end of some
+        connection's read) does not raise into that read.
+        """
+        events: list[dict[str, Any]] = []
+        self.patch(ReadyQueue, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        delivered: list[int] = []
+
+        def deliver(item: int) -> None:
+            if item == 2:
+                raise ValueError("bug delivering")
+            delivered.append(item)
+
+        queue: ReadyQueue[int] = ReadyQueue(HeldCalls(), deliver)
+        for item in (1, 2, 3):
+            queue.put(item)
+        queue.deliverReady()
+        self.assertEqual(delivered, [1, 3])
+        self.assertEqual(len(events), 1)
+        self.assertTrue(events[0]["log_failure"].check(ValueError))

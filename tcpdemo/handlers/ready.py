@@ -7,17 +7,29 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Generic, TypeVar
 
+from twisted.logger import Logger
+
 T = TypeVar("T")
 
 
 class ReadyQueue(Generic[T]):
     """
     What a handler's worker thread L{put}s is passed to C{deliver} in the
-    reactor thread, in order, at whichever comes first: the end of the
-    server's next read (L{deliverReady}, see
+    reactor thread, in the order put, at whichever comes first: the end of
+    the server's next read (L{deliverReady}, see
     L{tcpdemo.handlers.IDeliversReady}) or the reactor's next turn (one
     C{callFromThread} while any item waits).
+
+    C{deliver} may run nested: what it fires can resume a connection whose
+    read ends with L{deliverReady} again, which delivers the next items
+    before the outer C{deliver} has returned.  It must not raise: if it
+    does, the failure is logged and the next items are still delivered.
+
+    The flag that saves a C{callFromThread} per item relies on the GIL
+    (CPython's, PyPy's): every read and write of it is seen in order.
     """
+
+    log = Logger()
 
     def __init__(self, reactor: Any, deliver: Callable[[T], object]) -> None:
         self.reactor = reactor
@@ -48,4 +60,9 @@ class ReadyQueue(Generic[T]):
         items = self._items
         deliver = self._deliver
         while items:
-            deliver(items.popleft())
+            item = items.popleft()
+            try:
+                deliver(item)
+            except Exception:
+                # Not the reading connection's fault, whose read this is.
+                self.log.failure("delivering a worker thread's results")

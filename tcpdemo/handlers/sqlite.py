@@ -184,10 +184,11 @@ class SqliteHandler:
 
     def handle(self, batch: SubmitBatch) -> Deferred[Results]:
         """
-        Queue C{batch} for the commit that follows this reactor turn.
+        Queue C{batch} for the next commit.
 
-        The writer is woken once per turn, when the reactor has read every
-        connection that was ready, not at the first batch: each commit
+        An idle writer is woken once per turn, when the reactor has read
+        every connection that was ready, not at the first batch (a writer
+        finishing a commit takes what is queued at once, mid-turn): each commit
         costs ~0.1 ms of CPU whatever it holds (the fsync's share of it in
         the kernel), so waking at once gave request/response load commits
         of a few rows, the writer taking the server's CPU from its reactor.
