@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, reactor
@@ -16,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from tcpdemo import tap
 from tcpdemo.handlers import SubmitBatch
-from tcpdemo.handlers.sqlite import CHUNK, SqliteHandler, readStored
+from tcpdemo.handlers.sqlite import CHUNK, SqliteHandler, StoreBacklogged, readStored
 
 from .support import ackFrame, ackFrames, submitFrame, submitFrames, waitUntil
 from .test_handlers import HandlerTestCase
@@ -85,6 +87,42 @@ class StoreTests(TestCase):
         results = await defer.gatherResults(waits)
         self.assertEqual([bytes(r) for r in results], [b"\0"] * 100)
         self.assertEqual((handler.commits, handler.stored), (2, 101))
+
+    async def test_hungCommitBoundsTheQueue(self) -> None:
+        """
+        While a commit hangs (a disk that stalls), batches queue up to
+        C{maxQueuedBytes}; past it L{SqliteHandler.handle} raises at once
+        (the server gives result 1).  Once the commit returns, everything
+        queued is stored and acked, and the store takes batches again.
+        """
+        path = os.path.abspath(self.mktemp())
+        handler = SqliteHandler(path, reactor, maxQueuedBytes=10_000)
+        entered, release = threading.Event(), threading.Event()
+        commit = handler._commit
+
+        def hangingCommit(db: sqlite3.Connection, work: Any) -> None:
+            entered.set()
+            release.wait(60)
+            commit(db, work)
+
+        handler._commit = hangingCommit  # type: ignore[method-assign]
+        handler.startHandler()
+        self.addCleanup(release.set)
+        first = handler.handle(batch(0, 10, b"x" * 100))  # 1,130 bytes
+        await waitUntil(entered.is_set)
+        waits = []
+        with self.assertRaises(StoreBacklogged):
+            for n in range(1, 100):
+                waits.append(handler.handle(batch(n * 10, 10, b"x" * 100)))
+        self.assertEqual(len(waits), 7)  # 8 batches of 1,130 bytes fit
+        self.assertLessEqual(handler.queuedBytes, 10_000)
+        release.set()
+        results = await defer.gatherResults([first, *waits])
+        self.assertEqual([bytes(r) for r in results], [bytes(10)] * 8)
+        self.assertEqual(handler.queuedBytes, 0)
+        self.assertEqual(bytes(await handler.handle(batch(1000, 3))), bytes(3))
+        await handler.stopHandler()
+        self.assertEqual(len(list(readStored(path))), 83)
 
     async def test_stopCommitsWhatIsQueued(self) -> None:
         handler = self.handler()

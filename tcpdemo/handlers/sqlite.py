@@ -145,6 +145,22 @@ def insertRows(db: sqlite3.Connection, values: list[object]) -> None:
         db.execute(insertStatement((total - full) // _COLUMNS), values[full:])
 
 
+#: Bytes of Submit frames queued for (or in) a commit, at most.  The
+#: server's bounds (--max-pending-bytes, 64 MiB by default) keep the queue
+#: well below this while commits return.  This is for a commit that does
+#: not: its batches time out (result 2) and stop counting against the
+#: server's bounds but stay queued, so a hung disk would otherwise grow the
+#: queue without end.  Past it, batches get result 1 at once.
+MAX_QUEUED_BYTES = 256 * 1024 * 1024
+
+
+class StoreBacklogged(Exception):
+    """
+    The store holds L{MAX_QUEUED_BYTES} of Submits its commits have not
+    taken yet: its disk is not keeping up, or hangs.
+    """
+
+
 _Done = tuple[list[tuple[SubmitBatch, "Deferred[Results]"]], Optional[BaseException]]
 
 
@@ -154,9 +170,13 @@ class SqliteHandler:
     Stores each batch, acking it once its (group) commit has returned.
     """
 
-    def __init__(self, path: str, reactor: Any) -> None:
+    def __init__(self, path: str, reactor: Any, maxQueuedBytes: int = MAX_QUEUED_BYTES) -> None:
         self.path = path
         self.reactor = reactor
+        self.maxQueuedBytes = maxQueuedBytes
+        #: Bytes of the frames queued or in a commit not yet delivered
+        #: (changed only in the reactor thread).
+        self.queuedBytes = 0
         self._db: sqlite3.Connection | None = None
         self._condition = threading.Condition()
         #: Batches for the next commit: appended in the reactor thread,
@@ -168,7 +188,7 @@ class SqliteHandler:
         self._thread: threading.Thread | None = None
         self._stopped: Deferred[None] | None = None
         #: Commits done, on their way back to the reactor thread.
-        self._done: ReadyQueue[_Done] = ReadyQueue(reactor, _deliverDone)
+        self._done: ReadyQueue[_Done] = ReadyQueue(reactor, self._deliverDone)
         self.deliverReady = self._done.deliverReady
         #: Commits made and rows stored, for tests and curiosity.
         self.commits = 0
@@ -195,6 +215,13 @@ class SqliteHandler:
         """
         if self._stopping:
             raise RuntimeError("the sqlite store is stopping")
+        size = len(batch.frames)
+        if self.queuedBytes and self.queuedBytes + size > self.maxQueuedBytes:
+            raise StoreBacklogged(
+                f"{self.queuedBytes} bytes of Submits wait for a commit: the disk is not "
+                "keeping up (or hangs)"
+            )
+        self.queuedBytes += size
         d: Deferred[Results] = Deferred()
         self._queue.append((batch, d))
         if self._wakeCall is None:
@@ -219,6 +246,11 @@ class SqliteHandler:
         if self._stopped is None:  # never started
             return succeed(None)
         return self._stopped
+
+    def _deliverDone(self, done: _Done) -> None:
+        work, error = done
+        self.queuedBytes -= sum(len(batch.frames) for batch, _ in work)
+        _deliver(work, error)
 
     # The writer thread
 
@@ -282,10 +314,6 @@ class SqliteHandler:
             except Exception:
                 pass
         self._done.put((work, error))
-
-
-def _deliverDone(done: _Done) -> None:
-    _deliver(*done)
 
 
 def _deliver(
