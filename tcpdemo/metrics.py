@@ -270,7 +270,6 @@ class ReadTally:
         "_batchBounds",
         "_batchCounts",
         "_batchSum",
-        "_batches",
     )
 
     def __init__(self, metrics: ServerMetrics) -> None:
@@ -299,7 +298,6 @@ class ReadTally:
             self._batchBounds = None
         self._batchCounts = [0] * len(bounds or ())
         self._batchSum = 0.0
-        self._batches = 0
         self._callLater: Callable[..., Any] | None = None
         self._due: Any = None
 
@@ -338,7 +336,6 @@ class ReadTally:
         # The first bucket whose bound is >= seconds, as observe() picks.
         self._batchCounts[bisect_left(bounds, seconds)] += 1
         self._batchSum += seconds
-        self._batches += 1
 
     def _fire(self) -> None:
         self._due = None
@@ -374,16 +371,15 @@ class ReadTally:
         if self.pending:
             metrics.handler_pending.inc(self.pending)
             self.pending = 0
-        if self._batches:
+        counts = self._batchCounts
+        if any(counts):
             histogram: Any = metrics.handler_batch_seconds
-            counts = self._batchCounts
             histogram._sum.inc(self._batchSum)
             for index, count in enumerate(counts):
                 if count:
                     histogram._buckets[index].inc(count)
                     counts[index] = 0
             self._batchSum = 0.0
-            self._batches = 0
 
 
 def metricsSite(

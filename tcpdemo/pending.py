@@ -67,6 +67,8 @@ def encodeAcks(ids: list[bytes], results: bytes) -> bytes:
     """
     One SubmitAck per id, back to back, with the result of the same index.
     """
+    if len(ids) == 1:  # one Submit a read: request/response load
+        return _ACK_HEAD + ids[0] + results
     first = results[0]
     if results.count(first) == len(results):
         tail = bytes((first,))
@@ -84,6 +86,8 @@ def checkResults(results: object, count: int) -> bytes:
     """
     C{results} as bytes, or L{BadResults} saying what is wrong with them.
     """
+    if type(results) is bytes and len(results) == count:
+        return results
     if isinstance(results, (bytes, bytearray)):
         data = bytes(results)
     elif isinstance(results, int) or results is None or isinstance(results, str):
@@ -243,9 +247,6 @@ class HandlerRunner:
     def _answered(self, results: object, entry: PendingBatch) -> None:
         if entry.acks is not None:
             return  # timed out already: late results are ignored
-        if type(results) is bytes and len(results) == entry.count:
-            self._finish(entry, results)
-            return
         try:
             data = checkResults(results, entry.count)
         except BadResults:
@@ -314,8 +315,7 @@ class HandlerRunner:
         if atHandler.pop(entry, False) is None and not atHandler:
             self._cancelTimer()
         entry.results = results
-        ids = entry.ids
-        entry.acks = _ACK_HEAD + ids[0] + results if len(ids) == 1 else encodeAcks(ids, results)
+        entry.acks = encodeAcks(entry.ids, results)
         entry.ids = []
         self.outstanding -= 1
         self.tally.batchTook(time.monotonic() - entry.started)
