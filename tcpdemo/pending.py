@@ -32,6 +32,7 @@ from tcpdemo.handlers import (
     RESULT_HANDLER_ERROR,
     RESULT_TIMEOUT,
     IDeliversReady,
+    IHandlesTurns,
     ISubmitHandler,
     SubmitBatch,
 )
@@ -119,6 +120,7 @@ class PendingBatch:
         "deadline",
         "deferred",
         "orphaned",
+        "turn",
     )
 
     def __init__(
@@ -137,6 +139,8 @@ class PendingBatch:
         self.deferred: Deferred[Any] | None = None
         #: Its connection closed: nobody will send its acks.
         self.orphaned = False
+        #: The L{Turn} it went to an L{IHandlesTurns} handler with.
+        self.turn: Turn | None = None
 
     @classmethod
     def ready(cls, data: bytes) -> PendingBatch:
@@ -147,6 +151,23 @@ class PendingBatch:
     @property
     def finished(self) -> bool:
         return self.acks is not None
+
+
+class Turn:
+    """
+    The batches of one reactor turn, handed to an L{IHandlesTurns} handler
+    in one call: one Deferred for all of them.
+    """
+
+    __slots__ = ("entries", "deferred", "unfinished")
+
+    def __init__(self, entries: list[PendingBatch]) -> None:
+        self.entries = entries
+        #: The handler's Deferred, until it fires or is cancelled.
+        self.deferred: Deferred[Any] | None = None
+        #: Entries not finished yet: once none are (all timed out, say),
+        #: the handler's Deferred is cancelled.
+        self.unfinished = len(entries)
 
 
 class HandlerRunner:
@@ -179,6 +200,11 @@ class HandlerRunner:
         #: The handler's L{IDeliversReady.deliverReady}, called after every
         #: read, if it has one.
         self.deliverReady = handler.deliverReady if IDeliversReady.providedBy(handler) else None
+        #: The handler's L{IHandlesTurns.handleTurn}, if it has one: the
+        #: batches of a turn wait in L{_turn} for one call at its end.
+        self.handleTurn = handler.handleTurn if IHandlesTurns.providedBy(handler) else None
+        self._turn: list[tuple[PendingBatch, SubmitBatch]] = []
+        self._turnCall: Any = None
         self.reactor = reactor
         self.timeout = timeout or None
         self.maxPending = maxPending
@@ -226,23 +252,84 @@ class HandlerRunner:
         tally.pending += count
         tally.changed()
         entry.started = time.monotonic()
+        if self.handleTurn is not None:
+            self._watch(entry)
+            self._turn.append((entry, batch))
+            if self._turnCall is None:
+                self._turnCall = self.reactor.callLater(0, self._handTurn)
+            return
         try:
             result = self.handler.handle(batch)
         except Exception:
             self._failed(Failure(), entry)
             return
         if isinstance(result, Deferred):
-            if self.timeout is not None:
-                entry.deadline = self.reactor.seconds() + self.timeout
-                if self._timer is None:
-                    self._timer = self.reactor.callLater(self.timeout, self._timeOut)
+            self._watch(entry)
             entry.deferred = result
-            self._atHandler[entry] = None
             result.addCallbacks(
                 self._answered, self._failed, callbackArgs=(entry,), errbackArgs=(entry,)
             )
         else:
             self._answered(result, entry)
+
+    def _watch(self, entry: PendingBatch) -> None:
+        """
+        C{entry} waits for the handler: L{giveUp} and the timeout see it.
+        """
+        if self.timeout is not None:
+            entry.deadline = self.reactor.seconds() + self.timeout
+            if self._timer is None:
+                self._timer = self.reactor.callLater(self.timeout, self._timeOut)
+        self._atHandler[entry] = None
+
+    def _handTurn(self) -> None:
+        """
+        The end of the turn: its batches go to the handler in one call.
+        """
+        self._turnCall = None
+        pairs, self._turn = self._turn, []
+        entries = [entry for entry, _ in pairs if not entry.finished]
+        if not entries:
+            return  # all given up meanwhile
+        batches = [batch for entry, batch in pairs if not entry.finished]
+        turn = Turn(entries)
+        for entry in entries:
+            entry.turn = turn
+        try:
+            result = self.handleTurn(batches)  # type: ignore[misc]
+        except Exception:
+            self._turnFailed(Failure(), turn)
+            return
+        if isinstance(result, Deferred):
+            turn.deferred = result
+            result.addCallbacks(
+                self._turnAnswered, self._turnFailed, callbackArgs=(turn,), errbackArgs=(turn,)
+            )
+        else:
+            self._turnAnswered(result, turn)
+
+    def _turnAnswered(self, results: object, turn: Turn) -> None:
+        turn.deferred = None
+        entries = turn.entries
+        try:
+            data = checkResults(results, sum(entry.count for entry in entries))
+        except BadResults:
+            self._turnFailed(Failure(), turn)
+            return
+        if len(entries) == 1:
+            self._answered(data, entries[0])
+            return
+        offset = 0
+        for entry in entries:
+            end = offset + entry.count
+            if entry.acks is None:  # not timed out
+                self._finish(entry, data[offset:end])
+            offset = end
+
+    def _turnFailed(self, failure: Failure, turn: Turn) -> None:
+        turn.deferred = None
+        for entry in turn.entries:
+            self._failed(failure, entry)
 
     def _answered(self, results: object, entry: PendingBatch) -> None:
         if entry.acks is not None:
@@ -328,6 +415,18 @@ class HandlerRunner:
             waiters, self._idleWaiters = self._idleWaiters, []
             for waiter in waiters:
                 waiter.callback(None)
+        turn = entry.turn
+        if turn is not None:
+            entry.turn = None
+            turn.unfinished -= 1
+            if not turn.unfinished and turn.deferred is not None:
+                # Every batch of the call timed out: let the handler free
+                # what it holds (its late answer is ignored).
+                deferred, turn.deferred = turn.deferred, None
+                try:
+                    deferred.cancel()
+                except Exception:
+                    self.log.failure("cancelling a timed-out handler turn")
 
     def _cancelTimer(self) -> None:
         timer, self._timer = self._timer, None
@@ -425,6 +524,9 @@ class HandlerRunner:
         # None after a graceful stop or giveUp; batches handed over without
         # either must not keep the timer.
         self._cancelTimer()
+        call, self._turnCall = self._turnCall, None
+        if call is not None and call.active():
+            call.cancel()
         if self._logCall is not None and self._logCall.active():
             self._logCall.cancel()
         self._logCall = None

@@ -17,6 +17,7 @@ from zope.interface import implementer
 from tcpdemo.handlers import (
     HandlerArgumentError,
     IHandlerMaker,
+    IHandlesTurns,
     ISubmitHandler,
     Results,
     SubmitBatch,
@@ -62,6 +63,43 @@ class ManualHandler:
             if not d.called:
                 d.callback(bytes(batch.count))
         self._answered = len(self.batches)
+
+
+@implementer(ISubmitHandler, IHandlesTurns)
+class ManualTurnHandler:
+    """
+    Takes a turn's batches in one call (L{IHandlesTurns}) and keeps them
+    with an unfired Deferred, for the test to answer; counts calls of
+    L{handle}, which the server should never make.
+    """
+
+    def __init__(self) -> None:
+        self.turns: list[tuple[list[SubmitBatch], Deferred[Any]]] = []
+        self.cancelled = 0
+        self.singles = 0
+        self.stopped = False
+
+    def startHandler(self) -> None:
+        pass
+
+    def handle(self, batch: SubmitBatch) -> Deferred[Any]:
+        self.singles += 1
+        return self.handleTurn([batch])
+
+    def handleTurn(self, batches: Any) -> Deferred[Any]:
+        def cancelled(d: Deferred[Any]) -> None:
+            self.cancelled += 1
+
+        d: Deferred[Any] = Deferred(cancelled)
+        self.turns.append((list(batches), d))
+        return d
+
+    def stopHandler(self) -> None:
+        self.stopped = True
+
+    @property
+    def handed(self) -> int:
+        return sum(batch.count for batches, _ in self.turns for batch in batches)
 
 
 @implementer(ISubmitHandler)

@@ -21,7 +21,7 @@ from tcpdemo.handlers import ISubmitHandler
 from tcpdemo.handlers.ack import AckHandler
 from tcpdemo.packet import Conn, ConnAck, encode
 
-from .handlerkit import ManualHandler, ScriptedHandler
+from .handlerkit import ManualHandler, ManualTurnHandler, ScriptedHandler
 from .support import (
     Collector,
     ackFrame,
@@ -505,6 +505,41 @@ class ShutdownTests(HandlerTestCase):
         self.assertEqual(armed, [])
         # Removed from the reactor: removing it again is an error.
         self.assertRaises(ValueError, reactor.removeSystemEventTrigger, trigger)
+
+
+class TurnTests(HandlerTestCase):
+    async def test_turnsOverTcp(self) -> None:
+        """
+        An L{IHandlesTurns} handler gets each turn's batches of every
+        connection in one call; each connection gets its own Submits'
+        results, in order, whatever turns they came in.
+        """
+        handler = ManualTurnHandler()
+        svc = self.startService(handler)
+        clients = [await self.connect(svc) for _ in range(3)]
+        for round in range(3):
+            for index, client in enumerate(clients):
+                first = 100 * index + 10 * round
+                client.send(submitFrames(range(first, first + 1 + index), b"x"))
+        await waitUntil(lambda: handler.handed == 3 * (1 + 2 + 3))
+        self.assertEqual(handler.singles, 0)
+        # Each Submit's result: the last two digits of its id.
+        for batches, d in handler.turns:
+            d.callback(bytes(int(i) % 100 for batch in batches for i in batch.ids))
+        for index, client in enumerate(clients):
+            expected = b"".join(
+                ackFrame(number, number % 100)
+                for round in range(3)
+                for number in range(100 * index + 10 * round, 100 * index + 10 * round + 1 + index)
+            )
+            await waitUntil(lambda c=client, e=expected: len(c.data) >= len(e))  # type: ignore[misc]
+            self.assertEqual(client.data, expected)
+        self.assertEqual(self.sample(svc, "tcpdemo_handler_pending"), 0)
+        self.assertLess(len(handler.turns), 9)  # some turns held several connections'
+        self.assertEqual(
+            self.sample(svc, "tcpdemo_handler_batch_seconds_count"),
+            sum(len(batches) for batches, _ in handler.turns),
+        )
 
 
 class SlowStartTests(HandlerTestCase):

@@ -7,6 +7,7 @@ the runner is stopped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -19,7 +20,7 @@ from tcpdemo import pending
 from tcpdemo.handlers import SubmitBatch
 from tcpdemo.metrics import ServerMetrics
 
-from .handlerkit import ManualHandler, ScriptedHandler
+from .handlerkit import ManualHandler, ManualTurnHandler, ScriptedHandler
 from .support import submitFrames
 
 
@@ -36,7 +37,7 @@ def handOver(
     return entry
 
 
-class RunnerTimerTests(SynchronousTestCase):
+class RunnerCase(SynchronousTestCase):
     def runner(self, handler: Any, **settings: Any) -> tuple[pending.HandlerRunner, Clock]:
         clock = Clock()
         self.metrics = ServerMetrics.create(CollectorRegistry())
@@ -49,6 +50,8 @@ class RunnerTimerTests(SynchronousTestCase):
         value = self.metrics.registry.get_sample_value(name)
         return 0.0 if value is None else value
 
+
+class RunnerTimerTests(RunnerCase):
     def test_answeredBatchCancelsItsTimer(self) -> None:
         handler = ManualHandler()
         runner, clock = self.runner(handler, timeout=30.0)
@@ -185,4 +188,132 @@ class RunnerTimerTests(SynchronousTestCase):
         # which the runner ignored: no error counted, no unhandled failure.
         self.assertIsNone(self.successResultOf(handled))
         self.assertEqual(self.sample("tcpdemo_handler_errors_total"), 0)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class TurnTests(RunnerCase):
+    """
+    An L{IHandlesTurns} handler gets the batches of a reactor turn in one
+    call at its end, and the runner shares its answer out.
+    """
+
+    def test_oneCallPerTurn(self) -> None:
+        """
+        Batches handed in one turn go to C{handleTurn} together at its end,
+        in order; each gets its own slice of the results; no timer is left.
+        """
+        handler = ManualTurnHandler()
+        runner, clock = self.runner(handler, timeout=30.0)
+        entries = [handOver(runner, count) for count in (1, 2, 3)]
+        self.assertEqual(handler.turns, [])
+        clock.advance(0)
+        self.assertEqual(len(handler.turns), 1)
+        batches, d = handler.turns[0]
+        self.assertEqual([batch.count for batch in batches], [1, 2, 3])
+        self.assertEqual(handler.singles, 0)
+        d.callback(bytes([1, 2, 3, 4, 5, 6]))
+        self.assertEqual([entry.results for entry in entries], [b"\1", b"\2\3", b"\4\5\6"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual((runner.outstanding, runner.waiting, runner.waitingBytes), (0, 0, 0))
+        runner.tally.flush()
+        self.assertEqual(self.sample("tcpdemo_handler_batch_seconds_count"), 3)
+        # The next turn is a call of its own.
+        handOver(runner, 1)
+        clock.advance(0)
+        self.assertEqual(len(handler.turns), 2)
+
+    def test_answeredAtOnce(self) -> None:
+        handler = ManualTurnHandler()
+        handler.handleTurn = lambda batches: bytes(  # type: ignore[method-assign,assignment,return-value]
+            sum(b.count for b in batches)
+        )
+        runner, clock = self.runner(handler, timeout=30.0)
+        first, second = handOver(runner, 2), handOver(runner, 1)
+        clock.advance(0)
+        self.assertEqual((first.results, second.results), (b"\0\0", b"\0"))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_failureGivesEveryBatchOne(self) -> None:
+        """
+        A turn that fails, raises, or answers the wrong number of results:
+        result 1 for every batch of it, each counted as a handler error.
+        """
+        for answer in ("fail", "raise", "short"):
+            handler = ManualTurnHandler()
+            if answer == "raise":
+
+                def raising(batches: Any) -> Any:
+                    raise ValueError("told to raise")
+
+                handler.handleTurn = raising  # type: ignore[method-assign]
+            runner, clock = self.runner(handler, timeout=30.0)
+            entries = [handOver(runner, 2), handOver(runner, 1)]
+            clock.advance(0)
+            if answer == "fail":
+                handler.turns[0][1].errback(RuntimeError("told to fail"))
+            elif answer == "short":
+                handler.turns[0][1].callback(bytes(2))
+            self.assertEqual([entry.results for entry in entries], [b"\1\1", b"\1"], answer)
+            self.assertEqual(self.sample("tcpdemo_handler_errors_total"), 2, answer)
+            self.assertEqual(runner.outstanding, 0, answer)
+            runner.stop()
+            self.assertEqual(clock.getDelayedCalls(), [], answer)
+
+    def test_timeoutGivesEveryBatchTwo(self) -> None:
+        """
+        A turn past --handler-timeout: result 2 for every batch (not 1 from
+        the cancellation that follows), its Deferred cancelled once, after
+        the last of its batches; late results are ignored.
+        """
+        handler = ManualTurnHandler()
+        runner, clock = self.runner(handler, timeout=0.5)
+        entries = [handOver(runner, 2), handOver(runner, 1)]
+        clock.advance(0)
+        clock.advance(0.5)
+        self.assertEqual([entry.results for entry in entries], [b"\2\2", b"\2"])
+        self.assertEqual(handler.cancelled, 1)
+        self.assertEqual(self.sample("tcpdemo_handler_timeouts_total"), 2)
+        self.assertEqual(self.sample("tcpdemo_handler_errors_total"), 0)
+        # Only the rate-limited log line of the second timeout is due.
+        calls: Sequence[Any] = clock.getDelayedCalls()  # DelayedCalls, with .func
+        self.assertEqual([call.func for call in calls], [runner._logLater])
+        self.assertEqual((runner.outstanding, runner.waiting), (0, 0))
+
+    def test_turnsTimeOutAtTheirOwnDeadlines(self) -> None:
+        handler = ManualTurnHandler()
+        runner, clock = self.runner(handler, timeout=1.0)
+        early = handOver(runner, 1)
+        clock.advance(0)
+        clock.advance(0.6)
+        late = handOver(runner, 1)
+        clock.advance(0)
+        clock.advance(0.4)
+        self.assertEqual((early.results, late.finished), (b"\2", False))
+        self.assertEqual(handler.cancelled, 1)
+        handler.turns[1][1].callback(b"\7")
+        self.assertEqual(late.results, b"\7")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_giveUpBeforeTheTurnEnds(self) -> None:
+        """
+        Batches waiting for the end of the turn when the grace period ends
+        get result 2 with the rest; the handler never sees them.
+        """
+        handler = ManualTurnHandler()
+        runner, clock = self.runner(handler, timeout=30.0)
+        entries = [handOver(runner, 2), handOver(runner, 1)]
+        idle = runner.whenIdle()
+        self.assertEqual(runner.giveUp(), (2, 3))
+        self.assertEqual([entry.results for entry in entries], [b"\2\2", b"\2"])
+        self.assertIsNone(self.successResultOf(idle))
+        clock.advance(0)
+        self.assertEqual(handler.turns, [])
+        runner.stop()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_stopCancelsTheTurnCall(self) -> None:
+        handler = ManualTurnHandler()
+        runner, clock = self.runner(handler, timeout=None)
+        handOver(runner, 1)
+        runner.stop()
         self.assertEqual(clock.getDelayedCalls(), [])

@@ -136,6 +136,19 @@ class StoreTests(TestCase):
         assert handler._thread is not None
         self.assertFalse(handler._thread.is_alive())
 
+    async def test_handleTurn(self) -> None:
+        """
+        A turn's batches, from several connections: one Deferred with a
+        result for each of their Submits, rows in the order given.
+        """
+        handler = self.handler()
+        batches = [batch(0, 2, connection=1), batch(2, 1, connection=2), batch(3, 3, connection=1)]
+        self.assertEqual(bytes(await handler.handleTurn(batches)), bytes(6))
+        await handler.stopHandler()
+        rows = list(readStored(handler.path))
+        self.assertEqual([row["id"] for row in rows], [(b"%08d" % i).hex() for i in range(6)])
+        self.assertEqual([row["conn"] for row in rows], [1, 1, 2, 1, 1, 1])
+
     def test_cannotOpen(self) -> None:
         handler = SqliteHandler(os.path.join(self.mktemp(), "no", "such", "dir.db"), reactor)
         self.assertRaises(sqlite3.OperationalError, handler.startHandler)

@@ -57,6 +57,7 @@ __all__ = [
     "HandlerArgumentError",
     "IDeliversReady",
     "IHandlerMaker",
+    "IHandlesTurns",
     "IStoreReader",
     "ISubmitHandler",
     "Results",
@@ -162,6 +163,32 @@ class IDeliversReady(Interface):
         """
         In the reactor thread: fire the Deferreds of every batch whose
         results are ready.  Cheap when there are none (once per read).
+        """
+
+
+class IHandlesTurns(Interface):
+    """
+    Also provided by a handler that would rather take a reactor turn's
+    batches together: the server then calls L{handleTurn} once at the end
+    of every turn that brought Submits, with every connection's batch of
+    that turn, instead of L{ISubmitHandler.handle} once per batch.
+
+    Worth it for a handler whose results come back later anyway (a store
+    that group-commits): under request/response load each connection's
+    read is a batch of one Submit, and a call, a Deferred and a callback
+    per batch were a third of the server's work per Submit.  A handler
+    that answers at once is better off without it: its results would wait
+    for the end of the turn.
+    """
+
+    def handleTurn(batches: Sequence[SubmitBatch]) -> HandleResult:
+        """
+        Return one result per Submit of every batch of C{batches}, in order
+        (the first batch's, then the next...), at once or as a Deferred.
+        The batches come from any connections, a connection's in the order
+        its Submits came.  Raising, failing or answering wrongly gives every
+        batch of the call L{RESULT_HANDLER_ERROR}; C{--handler-timeout}
+        times out every batch of the call together.
         """
 
 

@@ -32,7 +32,7 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 from urllib.parse import quote
 
@@ -45,6 +45,7 @@ from tcpdemo.frame import HEADER_SIZE, LENGTH
 from tcpdemo.handlers import (
     HandlerArgumentError,
     IDeliversReady,
+    IHandlesTurns,
     ISubmitHandler,
     Results,
     SubmitBatch,
@@ -161,10 +162,12 @@ class StoreBacklogged(Exception):
     """
 
 
-_Done = tuple[list[tuple[SubmitBatch, "Deferred[Results]"]], Optional[BaseException]]
+#: What one call hands over: its batches, their frames' bytes, its Deferred.
+_Work = tuple[Sequence[SubmitBatch], int, "Deferred[Results]"]
+_Done = tuple[list[_Work], Optional[BaseException]]
 
 
-@implementer(ISubmitHandler, IDeliversReady)
+@implementer(ISubmitHandler, IHandlesTurns, IDeliversReady)
 class SqliteHandler:
     """
     Stores each batch, acking it once its (group) commit has returned.
@@ -179,9 +182,9 @@ class SqliteHandler:
         self.queuedBytes = 0
         self._db: sqlite3.Connection | None = None
         self._condition = threading.Condition()
-        #: Batches for the next commit: appended in the reactor thread,
-        #: taken in the writer (deque's append and popleft are atomic).
-        self._queue: deque[tuple[SubmitBatch, Deferred[Results]]] = deque()
+        #: Calls' batches for the next commit: appended in the reactor
+        #: thread, taken in the writer (deque's append and popleft are atomic).
+        self._queue: deque[_Work] = deque()
         self._stopping = False
         #: The reactor's call of L{_wake} at the end of this turn, if any.
         self._wakeCall: Any = None
@@ -204,7 +207,13 @@ class SqliteHandler:
 
     def handle(self, batch: SubmitBatch) -> Deferred[Results]:
         """
-        Queue C{batch} for the next commit.
+        Queue C{batch} for the next commit (see L{handleTurn}).
+        """
+        return self.handleTurn((batch,))
+
+    def handleTurn(self, batches: Sequence[SubmitBatch]) -> Deferred[Results]:
+        """
+        Queue a turn's C{batches} for the next commit: one Deferred for all.
 
         An idle writer is woken once per turn, when the reactor has read
         every connection that was ready, not at the first batch (a writer
@@ -215,7 +224,9 @@ class SqliteHandler:
         """
         if self._stopping:
             raise RuntimeError("the sqlite store is stopping")
-        size = len(batch.frames)
+        size = 0
+        for batch in batches:
+            size += len(batch.frames)
         if self.queuedBytes and self.queuedBytes + size > self.maxQueuedBytes:
             raise StoreBacklogged(
                 f"{self.queuedBytes} bytes of Submits wait for a commit: the disk is not "
@@ -223,7 +234,7 @@ class SqliteHandler:
             )
         self.queuedBytes += size
         d: Deferred[Results] = Deferred()
-        self._queue.append((batch, d))
+        self._queue.append((batches, size, d))
         if self._wakeCall is None:
             self._wakeCall = self.reactor.callLater(0, self._wake)
         return d
@@ -249,7 +260,7 @@ class SqliteHandler:
 
     def _deliverDone(self, done: _Done) -> None:
         work, error = done
-        self.queuedBytes -= sum(len(batch.frames) for batch, _ in work)
+        self.queuedBytes -= sum(size for _, size, _ in work)
         _deliver(work, error)
 
     # The writer thread
@@ -295,14 +306,13 @@ class SqliteHandler:
         )
         self._stopped.callback(None)
 
-    def _commit(
-        self, db: sqlite3.Connection, work: list[tuple[SubmitBatch, Deferred[Results]]]
-    ) -> None:
+    def _commit(self, db: sqlite3.Connection, work: list[_Work]) -> None:
         error: BaseException | None = None
         try:
             values: list[object] = []
-            for batch, _ in work:
-                addRows(batch, values)
+            for batches, _, _ in work:
+                for batch in batches:
+                    addRows(batch, values)
             insertRows(db, values)
             db.commit()
             self.commits += 1
@@ -316,18 +326,16 @@ class SqliteHandler:
         self._done.put((work, error))
 
 
-def _deliver(
-    work: list[tuple[SubmitBatch, Deferred[Results]]], error: BaseException | None
-) -> None:
+def _deliver(work: list[_Work], error: BaseException | None) -> None:
     """
-    In the reactor: give each batch its results (a batch cancelled by the
+    In the reactor: give each call its results (one cancelled by the
     server's timeout has had its answer already).
     """
-    for batch, d in work:
+    for batches, _, d in work:
         if d.called:
             continue
         if error is None:
-            d.callback(bytes(batch.count))
+            d.callback(bytes(sum(batch.count for batch in batches)))
         else:
             d.errback(Failure(error))
 
