@@ -6,6 +6,7 @@ real writer thread, alone and behind a server over loopback TCP.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -14,10 +15,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
+from twisted.logger import Logger, formatEvent
 from twisted.trial.unittest import TestCase
 
 from tcpdemo import tap
-from tcpdemo.handlers import SubmitBatch
+from tcpdemo.handlers import SubmitBatch, checkpoint, sqlite
+from tcpdemo.handlers.checkpoint import CHECKPOINT_DELAY, WRITER_AUTOCHECKPOINT, Checkpointer
 from tcpdemo.handlers.sqlite import CHUNK, SqliteHandler, StoreBacklogged, readStored
 
 from .support import ackFrame, ackFrames, submitFrame, submitFrames, waitUntil
@@ -152,6 +155,73 @@ class StoreTests(TestCase):
     def test_cannotOpen(self) -> None:
         handler = SqliteHandler(os.path.join(self.mktemp(), "no", "such", "dir.db"), reactor)
         self.assertRaises(sqlite3.OperationalError, handler.startHandler)
+
+
+class CheckpointTests(TestCase):
+    """
+    WAL checkpoints run in a thread of their own, not inside commits.
+    """
+
+    def rowsInTheDatabaseFile(self, path: str) -> int:
+        """
+        The rows the database file itself holds, without its WAL: those
+        that a checkpoint has copied there.
+        """
+        copy = os.path.abspath(self.mktemp())
+        shutil.copyfile(path, copy)
+        db = sqlite3.connect(copy)
+        try:
+            return int(db.execute("SELECT count(*) FROM submits").fetchone()[0])
+        except sqlite3.OperationalError:  # no table yet: not even the schema is there
+            return 0
+        finally:
+            db.close()
+
+    async def test_checkpointedAfterCommits(self) -> None:
+        """
+        The writer's commits would checkpoint only past
+        L{WRITER_AUTOCHECKPOINT} pages; shortly after commits, the
+        background checkpoint has copied every row into the database file.
+        """
+        handler = StoreTests.handler(self)  # type: ignore[arg-type]
+        assert handler._db is not None and handler._checkpointer is not None
+        self.assertEqual(
+            handler._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], WRITER_AUTOCHECKPOINT
+        )
+        for n in range(20):
+            await handler.handleTurn([batch(n * 100, 100, b"x" * 50)])
+        await waitUntil(lambda: handler._checkpointer.checkpoints >= 1)  # type: ignore[union-attr]
+        await deferLater(reactor, CHECKPOINT_DELAY * 6, lambda: None)
+        self.assertEqual(self.rowsInTheDatabaseFile(handler.path), 2000)
+        events: list[dict[str, Any]] = []
+        self.patch(sqlite, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        await handler.stopHandler()
+        self.assertIn("background checkpoints", formatEvent(events[-1]))
+        self.assertFalse(handler._checkpointer._thread.is_alive())  # type: ignore[union-attr]
+
+    async def test_failingCheckpointIsOneLine(self) -> None:
+        """
+        A checkpoint that fails (here: not a database) is counted and
+        logged once, however often it fails; stopping still works.
+        """
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"not a database" * 1000)
+        events: list[dict[str, Any]] = []
+        self.patch(checkpoint, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        checkpointer = Checkpointer(path, reactor, delay=0.01)
+        checkpointer.start()
+        self.addCleanup(checkpointer.stop)
+        for expected in (1, 2, 3):
+            checkpointer.committed()
+            await waitUntil(lambda e=expected: checkpointer.failures >= e)  # type: ignore[misc]
+        await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(events), 1, events)
+        self.assertIn("background checkpoint failed", formatEvent(events[0]))
+        self.assertEqual(checkpointer.checkpoints, 0)
+        checkpointer.stop()
+        assert checkpointer._thread is not None
+        self.assertFalse(checkpointer._thread.is_alive())
 
 
 class FullDiskTests(HandlerTestCase):

@@ -10,7 +10,9 @@ reactor turn -- from every connection -- and those handed over while a
 commit runs wait in one queue and go into the next transaction together
 (group commit), so one fsync serves as many Submits as arrived meanwhile.
 Results come back through a L{ReadyQueue}: at the end of the server's next
-read, or the reactor's next turn, whichever is first.  A commit that fails
+read, or the reactor's next turn, whichever is first.  WAL checkpoints run
+in a thread of their own (L{tcpdemo.handlers.checkpoint}), not inside a
+commit, whose Submits would wait for them.  A commit that fails
 (disk full, I/O error, a locked or corrupt file) gives its batches result
 1; the server keeps serving.
 
@@ -50,6 +52,7 @@ from tcpdemo.handlers import (
     Results,
     SubmitBatch,
 )
+from tcpdemo.handlers.checkpoint import WRITER_AUTOCHECKPOINT, Checkpointer
 from tcpdemo.handlers.ready import ReadyQueue
 from tcpdemo.packet import ID_SIZE
 
@@ -189,6 +192,7 @@ class SqliteHandler:
         #: The reactor's call of L{_wake} at the end of this turn, if any.
         self._wakeCall: Any = None
         self._thread: threading.Thread | None = None
+        self._checkpointer: Checkpointer | None = None
         self._stopped: Deferred[None] | None = None
         #: Commits done, on their way back to the reactor thread.
         self._done: ReadyQueue[_Done] = ReadyQueue(reactor, self._deliverDone)
@@ -199,6 +203,13 @@ class SqliteHandler:
 
     def startHandler(self) -> None:
         self._db = openStore(self.path)
+        try:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
+            self._checkpointer = Checkpointer(self.path, self.reactor)
+            self._checkpointer.start()
+        except BaseException:
+            self._db.close()
+            raise
         self._stopped = Deferred()
         self._thread = threading.Thread(
             target=self._writer, name="tcpdemo-sqlite-writer", daemon=True
@@ -270,6 +281,9 @@ class SqliteHandler:
         assert db is not None
         condition = self._condition
         queue = self._queue
+        checkpointer = self._checkpointer
+        assert checkpointer is not None
+        committed = checkpointer.committed
         try:
             while True:
                 with condition:
@@ -283,7 +297,9 @@ class SqliteHandler:
                 if not work:
                     break
                 self._commit(db, work)
+                committed()
         finally:
+            checkpointer.stop()
             db.close()
             if self._stopped is not None:
                 self.reactor.callFromThread(self._writerDone)
@@ -299,10 +315,12 @@ class SqliteHandler:
         self._thread.join()
         self.deliverReady()  # nothing, normally: the last commit's call came first
         log.info(
-            "sqlite store {path} closed: {rows} Submits stored in {commits} commits",
+            "sqlite store {path} closed: {rows} Submits stored in {commits} commits, "
+            "{checkpoints} background checkpoints",
             path=self.path,
             rows=self.stored,
             commits=self.commits,
+            checkpoints=self._checkpointer.checkpoints if self._checkpointer else 0,
         )
         self._stopped.callback(None)
 
