@@ -218,13 +218,7 @@ class SqliteHandler:
 
     def handle(self, batch: SubmitBatch) -> Deferred[Results]:
         """
-        Queue C{batch} for the next commit (see L{handleTurn}).
-        """
-        return self.handleTurn((batch,))
-
-    def handleTurn(self, batches: Sequence[SubmitBatch]) -> Deferred[Results]:
-        """
-        Queue a turn's C{batches} for the next commit: one Deferred for all.
+        Queue C{batch} for the next commit.
 
         An idle writer is woken once per turn, when the reactor has read
         every connection that was ready, not at the first batch (a writer
@@ -233,6 +227,25 @@ class SqliteHandler:
         the kernel), so waking at once gave request/response load commits
         of a few rows, the writer taking the server's CPU from its reactor.
         """
+        d = self._enqueue((batch,))
+        if self._wakeCall is None:
+            self._wakeCall = self.reactor.callLater(0, self._wake)
+        return d
+
+    def handleTurn(self, batches: Sequence[SubmitBatch]) -> Deferred[Results]:
+        """
+        Queue a turn's C{batches} for the next commit, with one Deferred
+        for all, and wake an idle writer now: the server calls this at the
+        end of the turn (L{IHandlesTurns}), which L{handle} has to wait for.
+        """
+        d = self._enqueue(batches)
+        call, self._wakeCall = self._wakeCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._wake()
+        return d
+
+    def _enqueue(self, batches: Sequence[SubmitBatch]) -> Deferred[Results]:
         if self._stopping:
             raise RuntimeError("the sqlite store is stopping")
         size = 0
@@ -246,8 +259,6 @@ class SqliteHandler:
         self.queuedBytes += size
         d: Deferred[Results] = Deferred()
         self._queue.append((batches, size, d))
-        if self._wakeCall is None:
-            self._wakeCall = self.reactor.callLater(0, self._wake)
         return d
 
     def _wake(self) -> None:
