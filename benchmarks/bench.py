@@ -443,6 +443,14 @@ class Bench:
         ).resolve()
         self.logDir.mkdir(parents=True, exist_ok=True)
 
+    def serverEnv(self, runtime: str) -> dict[str, str]:
+        """
+        Environment variables for the servers of C{runtime}: every PyPy
+        server alike gets C{--pypy-gc-nursery}, if given.
+        """
+        nursery = self.options.pypy_gc_nursery
+        return {"PYPY_GC_NURSERY": nursery} if runtime == "pypy" and nursery else {}
+
     def interpreters(self) -> dict[str, str]:
         """
         Runtime name -> python of the servers.
@@ -513,7 +521,9 @@ class Bench:
         serverCpu, clientCpu = (None, None) if kind in WORKERS else (self.serverCpu, self.clientCpu)
         pinned = {"pinned": serverCpu is not None}
         if shared:
-            with Server(kind, python, serverCpu, logDir=self.logDir) as server:
+            with Server(
+                kind, python, serverCpu, logDir=self.logDir, extraEnv=self.serverEnv(runtime)
+            ) as server:
                 warmUp(
                     server,
                     clientPython,
@@ -550,7 +560,9 @@ class Bench:
                     )
                 self.checkExit(server)
         for scenario in fresh:
-            with Server(kind, python, serverCpu, logDir=self.logDir) as server:
+            with Server(
+                kind, python, serverCpu, logDir=self.logDir, extraEnv=self.serverEnv(runtime)
+            ) as server:
                 # A short, light warm-up: the code paths, not the buffers.
                 warmUp(server, clientPython, min(warm, 1.0), clientCpu, 10, 10)
                 time.sleep(0.5)
@@ -697,6 +709,8 @@ class Bench:
         runDir = Path(self.options.run_dir or RUNS)
         runDir.mkdir(parents=True, exist_ok=True)
         meta = environment(interpreters, clientPython, self.serverCpu, self.clientCpu)
+        if "pypy" in interpreters and self.options.pypy_gc_nursery:
+            meta["pypy_gc_nursery"] = self.options.pypy_gc_nursery
         meta["elapsed_s"] = round(elapsed)
         meta["protocol_sha256_at_start"] = self.productAtStart
         meta["tcpdemo_changed_during_run"] = self.productAtStart != meta["protocol_sha256"]
@@ -852,6 +866,13 @@ def parseArguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cpython", default=None, help="CPython for the servers [this one]")
     parser.add_argument("--pypy", default="pypy3", help="PyPy to build the venv from [pypy3]")
+    parser.add_argument(
+        "--pypy-gc-nursery",
+        default=None,
+        metavar="SIZE",
+        help="PYPY_GC_NURSERY for every PyPy server, e.g. 16MB (docs/handlers.md: PyPy "
+        "sizes its nursery to the L2 cache, 1 MB here) [PyPy's default]",
+    )
     parser.add_argument(
         "--no-pin",
         dest="pin",

@@ -583,6 +583,11 @@ def summary(data: dict[str, Any], chartLink: str = "chart.svg") -> str:
             if pin
             else "no CPU pinning"
         )
+        + (
+            f"; PyPy servers with PYPY_GC_NURSERY={meta['pypy_gc_nursery']}"
+            if meta.get("pypy_gc_nursery")
+            else ""
+        )
         + f"; {meta.get('rounds', '?')} round{'' if meta.get('rounds') == 1 else 's'} of "
         f"{meta.get('duration_s', '?')} s per "
         f"scenario after {meta.get('warmup_s', '?')} s of warm-up; payloads of "

@@ -128,6 +128,7 @@ class Server:
         cpu: int | None = None,
         debug: bool = False,
         logDir: Path | None = None,
+        extraEnv: dict[str, str] | None = None,
     ) -> None:
         if kind not in ALL_SERVERS:
             raise ValueError(f"unknown server {kind!r}; one of {', '.join(ALL_SERVERS)}")
@@ -135,6 +136,8 @@ class Server:
         self.python = python
         self.cpu = cpu
         self.debug = debug
+        #: Environment variables of the run for this server (a PyPy GC setting).
+        self.extraEnv = dict(extraEnv or {})
         self.logDir = Path(logDir or tempfile.mkdtemp(prefix="tcpdemo-bench-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
@@ -218,6 +221,7 @@ class Server:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        env.update(self.extraEnv)
         env.update(PRODUCT_ENVS.get(self.kind, {}))
         if self.kind in PEERS:
             env["PYTHONPATH"] = str(ROOT)
