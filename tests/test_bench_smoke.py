@@ -112,3 +112,38 @@ class BenchSmokeTests(SynchronousTestCase):
         end = "<!-- END GENERATED -->"
         self.assertEqual(text.split("<!-- BEGIN")[0], before.split("<!-- BEGIN")[0])
         self.assertEqual(text.split(end)[1], before.split(end)[1])
+
+
+class PypyNurseryTests(SynchronousTestCase):
+    """
+    C{--pypy-gc-nursery}: every PyPy server alike gets C{PYPY_GC_NURSERY},
+    no CPython server does, and the summary says it was set.
+    """
+
+    def setUp(self) -> None:
+        if not (ROOT / "benchmarks" / "bench.py").exists():
+            self.skipTest("no benchmarks/ beside the tests (not a checkout)")
+        sys.path.insert(0, str(ROOT))
+        self.addCleanup(sys.path.remove, str(ROOT))
+
+    def test_onlyPypyServers(self) -> None:
+        from benchmarks import bench
+        from benchmarks.servers import Server
+
+        run = bench.Bench(
+            bench.parseArguments(["--pypy-gc-nursery", "16MB", "--run-dir", self.mktemp()])
+        )
+        self.assertEqual(run.serverEnv("pypy"), {"PYPY_GC_NURSERY": "16MB"})
+        self.assertEqual(run.serverEnv("cpython"), {})
+        for kind in ("final", "sqlite"):
+            server = Server(kind, sys.executable, extraEnv=run.serverEnv("pypy"))
+            self.assertEqual(server.environment()["PYPY_GC_NURSERY"], "16MB")
+        plain = bench.Bench(bench.parseArguments(["--run-dir", self.mktemp()]))
+        self.assertEqual(plain.serverEnv("pypy"), {})
+
+    def test_summarySaysSo(self) -> None:
+        from benchmarks import report
+
+        withNursery = report.summary({"meta": {"pypy_gc_nursery": "16MB"}, "runs": []})
+        self.assertIn("PYPY_GC_NURSERY=16MB", withNursery)
+        self.assertNotIn("PYPY_GC_NURSERY", report.summary({"meta": {}, "runs": []}))
