@@ -476,11 +476,9 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             )
     # Issue 15: the sqlite store against the default ack handler.
     for rt in runtimes(data):
-        if (rt, "sqlite", "P") not in g:
-            continue
         name = RUNTIME_TITLES.get(rt, rt)
         acks = med(rt, "sqlite", "P", "acks_per_s")
-        if rt == "cpython":
+        if rt == "cpython" and (rt, "sqlite", "P") in g:
             if acks is None:
                 rows.append(
                     ("P, CPython, sqlite: ≥ 100,000 durable acks/s", "not measured", "", None)
