@@ -478,7 +478,7 @@ class Bench:
                 return goclient.build()
             except (goclient.GoMissing, subprocess.CalledProcessError) as e:
                 raise BenchError(f"cannot build the Go load generator: {e}") from None
-        return choice
+        return str(choice)
 
     def record(self, runtime: str, server: str, round_: int, figures: dict[str, Any]) -> None:
         figures = {"runtime": runtime, "server": server, "round": round_, **figures}

@@ -764,7 +764,7 @@ def chart(data: dict[str, Any]) -> str:
         "</text>"
     )
     for i, rt in enumerate(rts):
-        x = width - 230 + i * 110
+        x: float = width - 230 + i * 110
         out.append(
             f'<rect x="{x}" y="48" width="12" height="12" fill="{COLOURS.get(rt, "#888")}"/>'
             f'<text x="{x + 16}" y="58">{RUNTIME_TITLES.get(rt, rt)} server</text>'
