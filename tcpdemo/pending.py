@@ -219,8 +219,9 @@ class HandlerRunner:
         #: Batches handed to the handler and not yet answered.
         self.outstanding = 0
         #: Those of them whose handler answered with a Deferred still to
-        #: fire, in the order they were handed over: what L{giveUp}
-        #: finishes, and what the timeout watches.
+        #: fire, or that wait for the end of the turn (L{IHandlesTurns}), in
+        #: the order they were handed over: what L{giveUp} finishes, and
+        #: what the timeout watches.
         self._atHandler: dict[PendingBatch, None] = {}
         #: The one timer of the --handler-timeout, due when the oldest
         #: batch at the handler times out.  Every batch has the same

@@ -187,8 +187,9 @@ class IHandlesTurns(Interface):
         (the first batch's, then the next...), at once or as a Deferred.
         The batches come from any connections, a connection's in the order
         its Submits came.  Raising, failing or answering wrongly gives every
-        batch of the call L{RESULT_HANDLER_ERROR}; C{--handler-timeout}
-        times out every batch of the call together.
+        batch of the call L{RESULT_HANDLER_ERROR}, so answer a bad Submit
+        with a result of its own rather than raise; C{--handler-timeout}
+        times out each batch at its own deadline.
         """
 
 

@@ -327,11 +327,12 @@ class SqliteHandler:
         self.deliverReady()  # nothing, normally: the last commit's call came first
         log.info(
             "sqlite store {path} closed: {rows} Submits stored in {commits} commits, "
-            "{checkpoints} background checkpoints",
+            "{checkpoints} background checkpoints ({failures} failed)",
             path=self.path,
             rows=self.stored,
             commits=self.commits,
             checkpoints=self._checkpointer.checkpoints if self._checkpointer else 0,
+            failures=self._checkpointer.failures if self._checkpointer else 0,
         )
         self._stopped.callback(None)
 
