@@ -114,10 +114,11 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertEqual(text.split(end)[1], before.split(end)[1])
 
 
-class PypyNurseryTests(SynchronousTestCase):
+class HarnessReportTests(SynchronousTestCase):
     """
     C{--pypy-gc-nursery}: every PyPy server alike gets C{PYPY_GC_NURSERY},
-    no CPython server does, and the summary says it was set.
+    no CPython server does, and the summary says it was set; and the
+    summary's issue-15 verdicts.
     """
 
     def setUp(self) -> None:
@@ -147,3 +148,17 @@ class PypyNurseryTests(SynchronousTestCase):
         withNursery = report.summary({"meta": {"pypy_gc_nursery": "16MB"}, "runs": []})
         self.assertIn("PYPY_GC_NURSERY=16MB", withNursery)
         self.assertNotIn("PYPY_GC_NURSERY", report.summary({"meta": {}, "runs": []}))
+
+    def test_issue15VerdictFromROnly(self) -> None:
+        """
+        A run of R alone (no P with sqlite) still gets issue 15's R line.
+        """
+        from benchmarks import report
+
+        runs = [
+            {"runtime": "cpython", "server": "final", "scenario": "R", "p99_ms": 3.0},
+            {"runtime": "cpython", "server": "sqlite", "scenario": "R", "p99_ms": 5.0},
+        ]
+        text = report.summary({"meta": {}, "runs": runs})
+        self.assertIn("R, CPython: p99 with sqlite ≤ 2× the ack handler's (issue 15)", text)
+        self.assertIn("1.67× (5 against 3 ms)", text)

@@ -317,3 +317,25 @@ class TurnTests(RunnerCase):
         handOver(runner, 1)
         runner.stop()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_answerAfterSomeBatchesTimedOut(self) -> None:
+        """
+        A turn's batches were read at different times, so they time out at
+        different deadlines: the answer that comes after the first timed
+        out goes to the others, each its own slice, and the first keeps its
+        2; the handler's Deferred is not cancelled while batches wait on it.
+        """
+        handler = ManualTurnHandler()
+        runner, clock = self.runner(handler, timeout=1.0)
+        first = handOver(runner, 2)
+        clock.rightNow += 0.6  # later in the same (long) turn: no call runs
+        second, third = handOver(runner, 1), handOver(runner, 2)
+        clock.advance(0)
+        self.assertEqual(len(handler.turns), 1)
+        clock.advance(0.4)  # first's deadline
+        self.assertEqual((first.results, second.finished), (b"\2\2", False))
+        self.assertEqual(handler.cancelled, 0)
+        handler.turns[0][1].callback(bytes([7, 7, 8, 9, 9]))
+        self.assertEqual((second.results, third.results), (b"\x08", b"\x09\x09"))
+        self.assertEqual(first.results, b"\2\2")
+        self.assertEqual((runner.outstanding, runner.waiting, runner.waitingBytes), (0, 0, 0))
