@@ -289,10 +289,14 @@ class HandlerRunner:
         """
         self._turnCall = None
         pairs, self._turn = self._turn, []
-        entries = [entry for entry, _ in pairs if not entry.finished]
+        entries = []
+        batches = []
+        for entry, batch in pairs:
+            if not entry.finished:  # not given up meanwhile
+                entries.append(entry)
+                batches.append(batch)
         if not entries:
-            return  # all given up meanwhile
-        batches = [batch for entry, batch in pairs if not entry.finished]
+            return
         turn = Turn(entries)
         for entry in entries:
             entry.turn = turn
@@ -317,13 +321,10 @@ class HandlerRunner:
         except BadResults:
             self._turnFailed(Failure(), turn)
             return
-        if len(entries) == 1:
-            self._answered(data, entries[0])
-            return
         offset = 0
         for entry in entries:
             end = offset + entry.count
-            if entry.acks is None:  # not timed out
+            if not entry.finished:  # not timed out
                 self._finish(entry, data[offset:end])
             offset = end
 
