@@ -520,8 +520,18 @@ class HandlerRunner:
         """
         At the end of a shutdown, once no batch is at the handler: no timer
         of the runner's is left in the reactor.  Problems counted and not
-        yet logged are logged now, not lost.
+        yet logged are logged now, not lost.  Batches still at the handler,
+        or waiting for the end of the turn, when it is called anyway get
+        result 2 as with L{giveUp}: none is left without an answer.
         """
+        if self._atHandler:
+            batches, submits = self.giveUp()
+            self.log.warn(
+                "stopped with {batches} batch(es) of {submits} Submit(s) still at the "
+                "handler: answered with result 2",
+                batches=batches,
+                submits=submits,
+            )
         self._stopped = True
         # None after a graceful stop or giveUp; batches handed over without
         # either must not keep the timer.

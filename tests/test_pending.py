@@ -312,10 +312,36 @@ class TurnTests(RunnerCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_stopCancelsTheTurnCall(self) -> None:
+        """
+        A stop with batches still waiting for the end of the turn (no
+        graceful wait, no giveUp before it): they get result 2, counted and
+        logged, the handler never sees them and no call is left.
+        """
         handler = ManualTurnHandler()
         runner, clock = self.runner(handler, timeout=None)
-        handOver(runner, 1)
+        entry = handOver(runner, 2)
         runner.stop()
+        self.assertEqual(entry.results, b"\2\2")
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(0)
+        self.assertEqual(handler.turns, [])
+        self.assertEqual((runner.outstanding, runner.waiting, runner.waitingBytes), (0, 0, 0))
+        self.assertEqual(self.sample("tcpdemo_handler_timeouts_total"), 1)
+        self.assertEqual(len(self.events), 1)
+
+    def test_stopAnswersBatchesAtTheHandler(self) -> None:
+        """
+        The same for batches whose turn the handler holds: result 2, its
+        Deferred cancelled.
+        """
+        handler = ManualTurnHandler()
+        runner, clock = self.runner(handler, timeout=30.0)
+        entries = [handOver(runner, 1), handOver(runner, 2)]
+        clock.advance(0)
+        self.assertEqual(len(handler.turns), 1)
+        runner.stop()
+        self.assertEqual([entry.results for entry in entries], [b"\2", b"\2\2"])
+        self.assertTrue(handler.turns[0][1].called)  # cancelled
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_answerAfterSomeBatchesTimedOut(self) -> None:
