@@ -152,6 +152,36 @@ class StoreTests(TestCase):
         self.assertEqual([row["id"] for row in rows], [(b"%08d" % i).hex() for i in range(6)])
         self.assertEqual([row["conn"] for row in rows], [1, 1, 2, 1, 1, 1])
 
+    def test_noThreadLeftWhenTheWriterCannotStart(self) -> None:
+        """
+        A writer thread that cannot start (the process is out of threads)
+        fails startHandler with nothing left behind: the checkpointer's
+        thread is stopped and both connections are closed.
+        """
+        started: list[threading.Thread] = []
+        realStart = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            if thread.name == "tcpdemo-sqlite-writer":
+                raise RuntimeError("can't start new thread")
+            started.append(thread)
+            realStart(thread)
+
+        self.patch(threading.Thread, "start", start)
+        handler = SqliteHandler(os.path.abspath(self.mktemp()), reactor)
+        self.assertRaises(RuntimeError, handler.startHandler)
+        self.assertEqual([thread.name for thread in started], ["tcpdemo-sqlite-checkpointer"])
+        self.assertFalse(started[0].is_alive())
+        assert handler._db is not None and handler._checkpointer is not None
+        self.assertRaises(sqlite3.ProgrammingError, handler._db.execute, "SELECT 1")
+        self.assertRaises(
+            sqlite3.ProgrammingError,
+            handler._checkpointer._db.execute,  # type: ignore[union-attr]
+            "SELECT 1",
+        )
+        self.assertIsNone(handler._thread)
+        self.assertIsNone(self.successResultOf(handler.stopHandler()))
+
     def test_cannotOpen(self) -> None:
         handler = SqliteHandler(os.path.join(self.mktemp(), "no", "such", "dir.db"), reactor)
         self.assertRaises(sqlite3.OperationalError, handler.startHandler)

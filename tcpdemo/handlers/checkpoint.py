@@ -67,10 +67,13 @@ class Checkpointer:
         except BaseException:
             self._db.close()
             raise
-        self._thread = threading.Thread(
-            target=self._run, name="tcpdemo-sqlite-checkpointer", daemon=True
-        )
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="tcpdemo-sqlite-checkpointer", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            self._db.close()
+            raise
+        self._thread = thread
 
     def committed(self) -> None:
         """

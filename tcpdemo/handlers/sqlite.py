@@ -202,19 +202,24 @@ class SqliteHandler:
         self.stored = 0
 
     def startHandler(self) -> None:
-        self._db = openStore(self.path)
+        db = self._db = openStore(self.path)
+        checkpointer: Checkpointer | None = None
         try:
-            self._db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
-            self._checkpointer = Checkpointer(self.path, self.reactor)
-            self._checkpointer.start()
+            db.execute(f"PRAGMA wal_autocheckpoint={WRITER_AUTOCHECKPOINT}")
+            checkpointer = self._checkpointer = Checkpointer(self.path, self.reactor)
+            checkpointer.start()
+            self._stopped = Deferred()
+            self._thread = threading.Thread(
+                target=self._writer, name="tcpdemo-sqlite-writer", daemon=True
+            )
+            self._thread.start()
         except BaseException:
-            self._db.close()
+            # Nothing of a store that did not start is left running or open.
+            if checkpointer is not None:
+                checkpointer.stop()
+            db.close()
+            self._thread = self._stopped = None
             raise
-        self._stopped = Deferred()
-        self._thread = threading.Thread(
-            target=self._writer, name="tcpdemo-sqlite-writer", daemon=True
-        )
-        self._thread.start()
 
     def handle(self, batch: SubmitBatch) -> Deferred[Results]:
         """
