@@ -22,9 +22,11 @@ from tcpdemo import tap
 from tcpdemo.handlers import SubmitBatch, checkpoint, sqlite
 from tcpdemo.handlers.checkpoint import WRITER_AUTOCHECKPOINT, Checkpointer
 from tcpdemo.handlers.sqlite import CHUNK, SqliteHandler, StoreBacklogged, readStored
+from tcpdemo.schedslice import currentSlice
 
 from .support import ackFrame, ackFrames, submitFrame, submitFrames, waitUntil
 from .test_handlers import HandlerTestCase
+from .test_schedslice import kernelHasSlices
 
 
 def batch(first: int, count: int, payload: bytes = b"", connection: int = 1) -> SubmitBatch:
@@ -151,6 +153,26 @@ class StoreTests(TestCase):
         rows = list(readStored(handler.path))
         self.assertEqual([row["id"] for row in rows], [(b"%08d" % i).hex() for i in range(6)])
         self.assertEqual([row["conn"] for row in rows], [1, 1, 2, 1, 1, 1])
+
+    async def test_writerAsksForAShortSlice(self) -> None:
+        """
+        The writer thread runs with L{sqlite.WRITER_SLICE} where the kernel
+        has per-thread slices (the reactor thread keeps its own), and the
+        close line says which.
+        """
+        reactorSlice = currentSlice()
+        handler = self.handler()
+        await handler.handleTurn([batch(0, 1)])  # the writer has run
+        events: list[dict[str, Any]] = []
+        self.patch(sqlite, "log", Logger(observer=events.append))  # type: ignore[arg-type]
+        await handler.stopHandler()
+        if kernelHasSlices():
+            self.assertAlmostEqual(handler.writerSlice, sqlite.WRITER_SLICE)
+            self.assertIn("writer's scheduler slice 0.1 ms", formatEvent(events[-1]))
+        else:
+            self.assertIsNone(handler.writerSlice)
+            self.assertIn("writer's scheduler slice the kernel's default", formatEvent(events[-1]))
+        self.assertEqual(currentSlice(), reactorSlice)
 
     def test_noThreadLeftWhenTheWriterCannotStart(self) -> None:
         """

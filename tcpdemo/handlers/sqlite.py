@@ -55,6 +55,7 @@ from tcpdemo.handlers import (
 from tcpdemo.handlers.checkpoint import WRITER_AUTOCHECKPOINT, Checkpointer
 from tcpdemo.handlers.ready import ReadyQueue
 from tcpdemo.packet import ID_SIZE
+from tcpdemo.schedslice import requestSlice
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS submits (
@@ -149,6 +150,13 @@ def insertRows(db: sqlite3.Connection, values: list[object]) -> None:
         db.execute(insertStatement((total - full) // _COLUMNS), values[full:])
 
 
+#: The writer thread's scheduler slice, asked of Linux (L{requestSlice}):
+#: when an fsync returns, the commit's Submits wait for the writer to be
+#: scheduled, which on a CPU shared with a busy reactor thread took up to
+#: the reactor's default slice.  The kernel's minimum.
+WRITER_SLICE = 0.0001
+
+
 #: Bytes of Submit frames queued for (or in) a commit, at most.  The
 #: server's bounds (--max-pending-bytes, 64 MiB by default) keep the queue
 #: well below this while commits return.  This is for a commit that does
@@ -200,6 +208,9 @@ class SqliteHandler:
         #: Commits made and rows stored, for tests and curiosity.
         self.commits = 0
         self.stored = 0
+        #: The writer thread's scheduler slice in seconds once it runs, or
+        #: None where the kernel has no per-thread slice (L{WRITER_SLICE}).
+        self.writerSlice: float | None = None
 
     def startHandler(self) -> None:
         db = self._db = openStore(self.path)
@@ -293,6 +304,7 @@ class SqliteHandler:
     # The writer thread
 
     def _writer(self) -> None:
+        self.writerSlice = requestSlice(WRITER_SLICE)
         db = self._db
         assert db is not None
         condition = self._condition
@@ -332,8 +344,12 @@ class SqliteHandler:
         self.deliverReady()  # nothing, normally: the last commit's call came first
         log.info(
             "sqlite store {path} closed: {rows} Submits stored in {commits} commits, "
-            "{checkpoints} background checkpoints ({failures} failed)",
+            "{checkpoints} background checkpoints ({failures} failed); writer's "
+            "scheduler slice {slice}",
             path=self.path,
+            slice="the kernel's default"
+            if self.writerSlice is None
+            else f"{self.writerSlice * 1000:g} ms",
             rows=self.stored,
             commits=self.commits,
             checkpoints=self._checkpointer.checkpoints if self._checkpointer else 0,

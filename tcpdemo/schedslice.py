@@ -1,0 +1,93 @@
+"""
+Ask Linux for a short scheduler slice for the calling thread.
+
+Since Linux 6.12 the fair scheduler (EEVDF) takes a per-thread slice from
+C{sched_attr.sched_runtime} (clamped to 0.1-100 ms), and a thread with a
+shorter slice than the running one preempts it when it wakes up: the
+kernel's own means for "when this thread wakes, run it soon".  The
+thread's weight (its nice value) is unchanged, so it gets no more CPU than
+before, only sooner; no privilege is needed.
+
+The sqlite store's writer thread asks for one: it sleeps in fsync, and when
+the disk answers, the commit's Submits wait for it to be scheduled.  On a
+CPU shared with a busy reactor thread (one pinned core, or more threads
+than cores) that wait could last the reactor's whole slice, 1.4 ms by
+default on the benchmark machine, longer than the fsync itself.
+
+Python has no binding for C{sched_setattr(2)}, so this calls it through
+ctypes.  Anywhere it cannot (another OS or architecture, an older kernel,
+a real-time or idle policy) nothing changes and L{requestSlice} says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import struct
+import sys
+
+#: (sched_setattr, sched_getattr) syscall numbers, by machine.
+_SYSCALLS = {
+    "x86_64": (314, 315),
+    "aarch64": (274, 275),
+}
+#: struct sched_attr, SCHED_ATTR_SIZE_VER1: size, policy, flags, nice,
+#: priority, runtime, deadline, period, util_min, util_max.
+_ATTR = struct.Struct("IIQiIQQQII")
+#: The policies whose slice is the fair scheduler's.
+_FAIR_POLICIES = (0, 3)  # SCHED_OTHER, SCHED_BATCH
+
+
+def _syscalls() -> tuple[int, int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    return _SYSCALLS.get(platform.machine())
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _getattr(libc: ctypes.CDLL, getNumber: int) -> tuple[int, ...] | None:
+    buffer = ctypes.create_string_buffer(_ATTR.size)
+    if libc.syscall(getNumber, 0, buffer, _ATTR.size, 0) != 0:
+        return None
+    return _ATTR.unpack(buffer.raw)
+
+
+def currentSlice() -> float | None:
+    """
+    The calling thread's scheduler slice in seconds, or C{None} where the
+    kernel does not report one (before 6.12, or not Linux).
+    """
+    numbers = _syscalls()
+    if numbers is None:
+        return None
+    attr = _getattr(_libc(), numbers[1])
+    if attr is None or attr[1] not in _FAIR_POLICIES or not attr[5]:
+        return None
+    return float(attr[5]) / 1e9
+
+
+def requestSlice(seconds: float) -> float | None:
+    """
+    Ask for a scheduler slice of C{seconds} for the calling thread, keeping
+    its policy and nice value.  Returns the slice now in effect (the kernel
+    clamps it), or C{None} if this kernel or thread has none to set.
+    """
+    numbers = _syscalls()
+    if numbers is None:
+        return None
+    setNumber, getNumber = numbers
+    try:
+        libc = _libc()
+        attr = _getattr(libc, getNumber)
+        if attr is None or attr[1] not in _FAIR_POLICIES or not attr[5]:
+            return None
+        policy, nice = attr[1], attr[3]
+        wanted = _ATTR.pack(_ATTR.size, policy, 0, nice, 0, int(seconds * 1e9), 0, 0, 0, 0)
+        if libc.syscall(setNumber, 0, ctypes.create_string_buffer(wanted), 0) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return currentSlice()
