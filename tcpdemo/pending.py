@@ -516,21 +516,23 @@ class HandlerRunner:
         self._errors = self._timeouts = 0
         self._lastLog = now
 
-    def stop(self) -> None:
+    def stop(self) -> tuple[int, int]:
         """
-        At the end of a shutdown, once no batch is at the handler: no timer
-        of the runner's is left in the reactor.  Problems counted and not
-        yet logged are logged now, not lost.  Batches still at the handler,
-        or waiting for the end of the turn, when it is called anyway get
-        result 2 as with L{giveUp}: none is left without an answer.
+        At the end of a shutdown, normally once no batch is at the handler:
+        no timer of the runner's is left in the reactor.  Problems counted
+        and not yet logged are logged now, not lost.  Batches still at the
+        handler, or waiting for the end of the turn, when it is called
+        anyway are given up (L{giveUp}) with one warning line: none is left
+        without an answer.  Returns how many batches and Submits that was.
         """
+        given = (0, 0)
         if self._atHandler:
-            batches, submits = self.giveUp()
+            given = self.giveUp()
             self.log.warn(
                 "stopped with {batches} batch(es) of {submits} Submit(s) still at the "
-                "handler: answered with result 2",
-                batches=batches,
-                submits=submits,
+                "handler: given up (result 2)",
+                batches=given[0],
+                submits=given[1],
             )
         self._stopped = True
         # None after a graceful stop or giveUp; batches handed over without
@@ -544,6 +546,7 @@ class HandlerRunner:
         self._logCall = None
         if self._errors or self._timeouts:
             self._logProblems(float(self.reactor.seconds()))
+        return given
 
 
 class HandlerServerProtocol(TcpDemoServerProtocol):

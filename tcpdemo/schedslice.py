@@ -15,16 +15,19 @@ than cores) that wait could last the reactor's whole slice, 1.4 ms by
 default on the benchmark machine, longer than the fsync itself.
 
 Python has no binding for C{sched_setattr(2)}, so this calls it through
-ctypes.  Anywhere it cannot (another OS or architecture, an older kernel,
-a real-time or idle policy) nothing changes and L{requestSlice} says so.
+ctypes.  Anywhere it cannot (another OS, a 32-bit process, an architecture
+other than x86_64 and aarch64, an older kernel, a real-time or idle
+policy, a scheduler other than the fair one) nothing changes and
+L{requestSlice} says so.  Threads the thread starts later inherit its
+slice.
 """
 
 from __future__ import annotations
 
-import ctypes
 import platform
 import struct
 import sys
+from typing import Any
 
 #: (sched_setattr, sched_getattr) syscall numbers, by machine.
 _SYSCALLS = {
@@ -36,19 +39,21 @@ _SYSCALLS = {
 _ATTR = struct.Struct("IIQiIQQQII")
 #: The policies whose slice is the fair scheduler's.
 _FAIR_POLICIES = (0, 3)  # SCHED_OTHER, SCHED_BATCH
+#: The one flag kept from what the thread has.
+_SCHED_FLAG_RESET_ON_FORK = 0x01
 
 
 def _syscalls() -> tuple[int, int] | None:
-    if not sys.platform.startswith("linux"):
+    """
+    The syscall numbers, for a 64-bit process on Linux (platform.machine()
+    names the kernel's architecture, not the process's ABI).
+    """
+    if not sys.platform.startswith("linux") or sys.maxsize <= 2**32:
         return None
     return _SYSCALLS.get(platform.machine())
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _getattr(libc: ctypes.CDLL, getNumber: int) -> tuple[int, ...] | None:
+def _getattr(ctypes: Any, libc: Any, getNumber: int) -> tuple[int, ...] | None:
     buffer = ctypes.create_string_buffer(_ATTR.size)
     if libc.syscall(getNumber, 0, buffer, _ATTR.size, 0) != 0:
         return None
@@ -63,7 +68,12 @@ def currentSlice() -> float | None:
     numbers = _syscalls()
     if numbers is None:
         return None
-    attr = _getattr(_libc(), numbers[1])
+    try:
+        import ctypes
+
+        attr = _getattr(ctypes, ctypes.CDLL(None), numbers[1])
+    except Exception:
+        return None
     if attr is None or attr[1] not in _FAIR_POLICIES or not attr[5]:
         return None
     return float(attr[5]) / 1e9
@@ -73,21 +83,24 @@ def requestSlice(seconds: float) -> float | None:
     """
     Ask for a scheduler slice of C{seconds} for the calling thread, keeping
     its policy and nice value.  Returns the slice now in effect (the kernel
-    clamps it), or C{None} if this kernel or thread has none to set.
+    clamps it), or C{None} if this kernel or thread has none to set.  It
+    never raises: a slice is a hint, and its caller has work to do.
     """
     numbers = _syscalls()
     if numbers is None:
         return None
     setNumber, getNumber = numbers
     try:
-        libc = _libc()
-        attr = _getattr(libc, getNumber)
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        attr = _getattr(ctypes, libc, getNumber)
         if attr is None or attr[1] not in _FAIR_POLICIES or not attr[5]:
             return None
-        policy, nice = attr[1], attr[3]
-        wanted = _ATTR.pack(_ATTR.size, policy, 0, nice, 0, int(seconds * 1e9), 0, 0, 0, 0)
+        policy, flags, nice = attr[1], attr[2] & _SCHED_FLAG_RESET_ON_FORK, attr[3]
+        wanted = _ATTR.pack(_ATTR.size, policy, flags, nice, 0, int(seconds * 1e9), 0, 0, 0, 0)
         if libc.syscall(setNumber, 0, ctypes.create_string_buffer(wanted), 0) != 0:
             return None
-    except (OSError, AttributeError):
+        return currentSlice()
+    except Exception:
         return None
-    return currentSlice()

@@ -528,8 +528,10 @@ class TcpDemoService(MultiService):
                 if not stopped:
                     self.drainedCleanly = False
                     abandoned.append(f"the stopHandler of --handler {self._handlerName()}")
-        if runner is not None:
-            runner.stop()
+        if runner is not None and runner.stop()[0]:
+            # Batches still at the handler were answered with result 2: not
+            # a clean stop (the runner logged them).
+            self.drainedCleanly = False
         if abandoned or ranOut:
             self.log.warn(
                 "stopped hard: the grace period of {seconds}s ran out; abandoned: {what}",

@@ -308,8 +308,9 @@ class TurnTests(RunnerCase):
         self.assertIsNone(self.successResultOf(idle))
         clock.advance(0)
         self.assertEqual(handler.turns, [])
-        runner.stop()
+        self.assertEqual(runner.stop(), (0, 0))
         self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.events, [])  # giving up logged nothing, nor did stop
 
     def test_stopCancelsTheTurnCall(self) -> None:
         """
@@ -320,7 +321,7 @@ class TurnTests(RunnerCase):
         handler = ManualTurnHandler()
         runner, clock = self.runner(handler, timeout=None)
         entry = handOver(runner, 2)
-        runner.stop()
+        self.assertEqual(runner.stop(), (1, 2))
         self.assertEqual(entry.results, b"\2\2")
         self.assertEqual(clock.getDelayedCalls(), [])
         clock.advance(0)
@@ -339,9 +340,12 @@ class TurnTests(RunnerCase):
         entries = [handOver(runner, 1), handOver(runner, 2)]
         clock.advance(0)
         self.assertEqual(len(handler.turns), 1)
-        runner.stop()
+        self.assertEqual(runner.stop(), (2, 3))
         self.assertEqual([entry.results for entry in entries], [b"\2", b"\2\2"])
-        self.assertTrue(handler.turns[0][1].called)  # cancelled
+        self.assertEqual(handler.cancelled, 1)
+        self.assertEqual(self.sample("tcpdemo_handler_timeouts_total"), 2)
+        self.assertEqual(len(self.events), 1)
+        self.assertIn("2 batch(es) of 3 Submit(s)", formatEvent(self.events[0]))
         self.assertEqual(clock.getDelayedCalls(), [])
 
     def test_answerAfterSomeBatchesTimedOut(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 import threading
 from typing import Any, Callable, TypeVar
@@ -22,8 +23,9 @@ T = TypeVar("T")
 #: The kernel's bounds for a fair thread's slice (seconds).
 SHORTEST = 0.0001
 LONGEST = 0.1
-#: SCHED_IDLE, which PyPy's os module does not name.
+#: SCHED_IDLE and SCHED_BATCH, which PyPy's os module does not name.
 SCHED_IDLE = getattr(os, "SCHED_IDLE", 5)
+SCHED_BATCH = getattr(os, "SCHED_BATCH", 3)
 
 
 def inThread(function: Callable[[], T]) -> T:
@@ -56,8 +58,11 @@ def kernelHasSlices() -> bool:
     """
     if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
         return False
-    major, minor = (int(part) for part in platform.release().split(".")[:2])
-    return (major, minor) >= (6, 12)
+    if sys.maxsize <= 2**32:
+        return False
+    version = re.match(r"(\d+)\.(\d+)", platform.release())
+    assert version is not None, platform.release()
+    return (int(version.group(1)), int(version.group(2))) >= (6, 12)
 
 
 class RequestSliceTests(SynchronousTestCase):
@@ -124,3 +129,28 @@ class RequestSliceTests(SynchronousTestCase):
         granted, policy = inThread(idleThenSlice)
         self.assertIsNone(granted)
         self.assertEqual(policy, SCHED_IDLE)
+
+    def test_batchThreadKeepsItsPolicy(self) -> None:
+        """
+        A SCHED_BATCH thread gets the slice and stays SCHED_BATCH.
+        """
+        if not sys.platform.startswith("linux"):
+            self.assertIsNone(inThread(lambda: requestSlice(SHORTEST)))
+            return
+
+        def batchThenSlice() -> tuple[float | None, int]:
+            os.sched_setscheduler(0, SCHED_BATCH, os.sched_param(0))
+            return requestSlice(SHORTEST), os.sched_getscheduler(0)
+
+        granted, policy = inThread(batchThenSlice)
+        self.assertEqual(policy, SCHED_BATCH)
+        if kernelHasSlices():
+            self.assertAlmostEqual(granted, SHORTEST)
+
+    def test_neverRaises(self) -> None:
+        """
+        A slice is a hint: values the kernel's struct cannot hold give None,
+        not an exception in the thread that asked.
+        """
+        for seconds in (-1.0, float("nan"), float("inf"), 2.0**64):
+            self.assertIsNone(inThread(lambda: requestSlice(seconds)), seconds)  # noqa: B023

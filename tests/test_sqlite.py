@@ -190,19 +190,56 @@ class StoreTests(TestCase):
             realStart(thread)
 
         self.patch(threading.Thread, "start", start)
+        opened: list[sqlite3.Connection] = []
+        realConnect = sqlite3.connect
+
+        def connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+            connection: sqlite3.Connection = realConnect(*args, **kwargs)
+            opened.append(connection)
+            return connection
+
+        self.patch(sqlite3, "connect", connect)
         handler = SqliteHandler(os.path.abspath(self.mktemp()), reactor)
         self.assertRaises(RuntimeError, handler.startHandler)
         self.assertEqual([thread.name for thread in started], ["tcpdemo-sqlite-checkpointer"])
         self.assertFalse(started[0].is_alive())
-        assert handler._db is not None and handler._checkpointer is not None
-        self.assertRaises(sqlite3.ProgrammingError, handler._db.execute, "SELECT 1")
-        self.assertRaises(
-            sqlite3.ProgrammingError,
-            handler._checkpointer._db.execute,  # type: ignore[union-attr]
-            "SELECT 1",
-        )
-        self.assertIsNone(handler._thread)
+        self.assertEqual(len(opened), 2)  # the writer's and the checkpointer's
+        for connection in opened:
+            self.assertRaises(sqlite3.ProgrammingError, connection.execute, "SELECT 1")
+        self.assertEqual((handler._db, handler._checkpointer, handler._thread), (None, None, None))
         self.assertIsNone(self.successResultOf(handler.stopHandler()))
+
+    def test_checkpointerThatCannotStartClosesItsConnection(self) -> None:
+        realStart = threading.Thread.start
+
+        def start(thread: threading.Thread) -> None:
+            if thread.name == "tcpdemo-sqlite-checkpointer":
+                raise RuntimeError("can't start new thread")
+            realStart(thread)
+
+        path = os.path.abspath(self.mktemp())
+        sqlite.openStore(path).close()
+        self.patch(threading.Thread, "start", start)
+        checkpointer = Checkpointer(path, reactor)
+        self.assertRaises(RuntimeError, checkpointer.start)
+        assert checkpointer._db is not None
+        self.assertRaises(sqlite3.ProgrammingError, checkpointer._db.execute, "SELECT 1")
+        checkpointer.stop()  # nothing to stop, and no error
+
+    async def test_writerOutlivesAFailingSliceRequest(self) -> None:
+        """
+        Were asking for the slice to raise, the writer would still commit
+        and stop: it is a hint.
+        """
+
+        def raising(seconds: float) -> float:
+            raise ValueError("told to raise")
+
+        self.patch(sqlite, "requestSlice", raising)
+        handler = self.handler()
+        self.assertEqual(await handler.handleTurn([batch(0, 2)]), bytes(2))
+        await handler.stopHandler()
+        self.assertEqual(len(list(readStored(handler.path))), 2)
 
     def test_cannotOpen(self) -> None:
         handler = SqliteHandler(os.path.join(self.mktemp(), "no", "such", "dir.db"), reactor)

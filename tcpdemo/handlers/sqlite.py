@@ -229,7 +229,7 @@ class SqliteHandler:
             if checkpointer is not None:
                 checkpointer.stop()
             db.close()
-            self._thread = self._stopped = None
+            self._db = self._checkpointer = self._thread = self._stopped = None
             raise
 
     def handle(self, batch: SubmitBatch) -> Deferred[Results]:
@@ -304,7 +304,6 @@ class SqliteHandler:
     # The writer thread
 
     def _writer(self) -> None:
-        self.writerSlice = requestSlice(WRITER_SLICE)
         db = self._db
         assert db is not None
         condition = self._condition
@@ -313,6 +312,10 @@ class SqliteHandler:
         assert checkpointer is not None
         committed = checkpointer.committed
         try:
+            try:
+                self.writerSlice = requestSlice(WRITER_SLICE)
+            except Exception:  # it does not raise; and if it did, commits matter more
+                self.writerSlice = None
             while True:
                 with condition:
                     while not queue and not self._stopping:
