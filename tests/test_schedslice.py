@@ -113,6 +113,18 @@ class RequestSliceTests(SynchronousTestCase):
         if kernelHasSlices():
             self.assertAlmostEqual(granted, SHORTEST)
 
+    def underPolicy(self, policy: int) -> tuple[float | None, int]:
+        """
+        In a new thread switched to C{policy}: what L{requestSlice} granted,
+        and the thread's policy after it.
+        """
+
+        def policyThenSlice() -> tuple[float | None, int]:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+            return requestSlice(SHORTEST), os.sched_getscheduler(0)
+
+        return inThread(policyThenSlice)
+
     def test_idleThreadUnchanged(self) -> None:
         """
         A thread under SCHED_IDLE has no fair slice to shorten: nothing is
@@ -121,31 +133,20 @@ class RequestSliceTests(SynchronousTestCase):
         if not sys.platform.startswith("linux"):
             self.assertIsNone(inThread(lambda: requestSlice(SHORTEST)))
             return
-
-        def idleThenSlice() -> tuple[float | None, int]:
-            os.sched_setscheduler(0, SCHED_IDLE, os.sched_param(0))
-            return requestSlice(SHORTEST), os.sched_getscheduler(0)
-
-        granted, policy = inThread(idleThenSlice)
-        self.assertIsNone(granted)
-        self.assertEqual(policy, SCHED_IDLE)
+        self.assertEqual(self.underPolicy(SCHED_IDLE), (None, SCHED_IDLE))
 
     def test_batchThreadKeepsItsPolicy(self) -> None:
         """
         A SCHED_BATCH thread gets the slice and stays SCHED_BATCH.
         """
         if not sys.platform.startswith("linux"):
-            self.assertIsNone(inThread(lambda: requestSlice(SHORTEST)))
-            return
-
-        def batchThenSlice() -> tuple[float | None, int]:
-            os.sched_setscheduler(0, SCHED_BATCH, os.sched_param(0))
-            return requestSlice(SHORTEST), os.sched_getscheduler(0)
-
-        granted, policy = inThread(batchThenSlice)
+            return  # no SCHED_BATCH: test_idleThreadUnchanged covers the rest
+        granted, policy = self.underPolicy(SCHED_BATCH)
         self.assertEqual(policy, SCHED_BATCH)
         if kernelHasSlices():
             self.assertAlmostEqual(granted, SHORTEST)
+        else:
+            self.assertIsNone(granted)
 
     def test_neverRaises(self) -> None:
         """
