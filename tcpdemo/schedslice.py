@@ -53,11 +53,25 @@ def _syscalls() -> tuple[int, int] | None:
     return _SYSCALLS.get(platform.machine())
 
 
-def _getattr(ctypes: Any, libc: Any, getNumber: int) -> tuple[int, ...] | None:
-    buffer = ctypes.create_string_buffer(_ATTR.size)
-    if libc.syscall(getNumber, 0, buffer, _ATTR.size, 0) != 0:
+def _fairThread() -> tuple[Any, Any, int, tuple[int, ...]] | None:
+    """
+    For a calling thread under the fair scheduler, on a kernel that
+    reports its slice: ctypes, libc, the sched_setattr number and the
+    thread's sched_attr.  Otherwise None.
+    """
+    numbers = _syscalls()
+    if numbers is None:
         return None
-    return _ATTR.unpack(buffer.raw)
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    buffer = ctypes.create_string_buffer(_ATTR.size)
+    if libc.syscall(numbers[1], 0, buffer, _ATTR.size, 0) != 0:
+        return None
+    attr = _ATTR.unpack(buffer.raw)
+    if attr[1] not in _FAIR_POLICIES or not attr[5]:
+        return None
+    return ctypes, libc, numbers[0], attr
 
 
 def currentSlice() -> float | None:
@@ -65,18 +79,11 @@ def currentSlice() -> float | None:
     The calling thread's scheduler slice in seconds, or C{None} where the
     kernel does not report one (before 6.12, or not Linux).
     """
-    numbers = _syscalls()
-    if numbers is None:
-        return None
     try:
-        import ctypes
-
-        attr = _getattr(ctypes, ctypes.CDLL(None), numbers[1])
+        thread = _fairThread()
     except Exception:
         return None
-    if attr is None or attr[1] not in _FAIR_POLICIES or not attr[5]:
-        return None
-    return float(attr[5]) / 1e9
+    return None if thread is None else float(thread[3][5]) / 1e9
 
 
 def requestSlice(seconds: float) -> float | None:
@@ -86,17 +93,11 @@ def requestSlice(seconds: float) -> float | None:
     clamps it), or C{None} if this kernel or thread has none to set.  It
     never raises: a slice is a hint, and its caller has work to do.
     """
-    numbers = _syscalls()
-    if numbers is None:
-        return None
-    setNumber, getNumber = numbers
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        attr = _getattr(ctypes, libc, getNumber)
-        if attr is None or attr[1] not in _FAIR_POLICIES or not attr[5]:
+        thread = _fairThread()
+        if thread is None:
             return None
+        ctypes, libc, setNumber, attr = thread
         policy, flags, nice = attr[1], attr[2] & _SCHED_FLAG_RESET_ON_FORK, attr[3]
         wanted = _ATTR.pack(_ATTR.size, policy, flags, nice, 0, int(seconds * 1e9), 0, 0, 0, 0)
         if libc.syscall(setNumber, 0, ctypes.create_string_buffer(wanted), 0) != 0:

@@ -60,15 +60,11 @@ class Checkpointer:
         the thread.
         """
         self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        thread = threading.Thread(target=self._run, name="tcpdemo-sqlite-checkpointer", daemon=True)
         try:
             # The database file is fsynced before the WAL may start over,
             # whatever this SQLite's default.
             self._db.execute("PRAGMA synchronous=FULL")
-        except BaseException:
-            self._db.close()
-            raise
-        thread = threading.Thread(target=self._run, name="tcpdemo-sqlite-checkpointer", daemon=True)
-        try:
             thread.start()
         except BaseException:
             self._db.close()
